@@ -1,1 +1,150 @@
-//! stub
+//! Command-line types and help text (clap derive). No logic: `main` dispatches on these.
+
+use std::ffi::OsString;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::owner::OwnerSpec;
+
+/// Run containers as me: what a container writes into your folders stays yours.
+#[derive(Debug, Parser)]
+#[command(name = "asme", version, max_term_width = 100)]
+pub struct Cli {
+    /// How bind-mount writes are made to belong to the owner.
+    #[arg(long, env = "ASME_STRATEGY", value_enum, default_value_t = Strategy::Auto)]
+    pub strategy: Strategy,
+
+    /// Whose files they should be [default: you; under sudo, the user who ran sudo].
+    #[arg(long, env = "ASME_OWNER", value_name = "UID[:GID]")]
+    pub owner: Option<OwnerSpec>,
+
+    /// Container engine to drive.
+    #[arg(long, env = "ASME_ENGINE", value_enum, default_value_t = EngineKind::Docker)]
+    pub engine: EngineKind,
+
+    /// Print the final engine command line (and what asme decided) on stderr.
+    #[arg(short, long)]
+    pub verbose: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a container like `docker run`; files it writes into bind mounts belong to you.
+    ///
+    /// Everything after `run` is docker's, passed through verbatim: asme run -it --rm -v
+    /// "$PWD:/src" -w /src IMAGE make
+    #[command(disable_help_flag = true)]
+    Run {
+        /// `docker run` arguments: [OPTIONS] IMAGE [COMMAND] [ARG...]
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "DOCKER RUN ARGS"
+        )]
+        args: Vec<String>,
+    },
+
+    /// (inside the container) asme as PID 1: set up, run the command, forward signals, reap.
+    #[command(hide = true)]
+    Init {
+        /// The command to run, after `--`.
+        #[arg(last = true, required = true)]
+        argv: Vec<OsString>,
+    },
+
+    /// (inside a throwaway container) print what an image holds that asme needs, as JSON.
+    #[command(hide = true)]
+    Probe,
+}
+
+/// How ownership of bind-mount writes is achieved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Strategy {
+    /// The best strategy that works here.
+    Auto,
+    /// Run the command as the owner, with an account (name, group, writable HOME) made for it.
+    User,
+}
+
+/// Which engine CLI asme drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EngineKind {
+    Docker,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn everything_after_run_is_dockers() {
+        let cli = Cli::try_parse_from([
+            "asme",
+            "-v",
+            "--owner",
+            "1234:55",
+            "run",
+            "-it",
+            "--rm",
+            "-v",
+            "/a:/b",
+            "img",
+            "sh",
+            "-c",
+            "ls --help",
+            "--",
+            "-v",
+        ])
+        .unwrap();
+        assert!(cli.verbose);
+        assert_eq!(
+            cli.owner,
+            Some(OwnerSpec {
+                uid: 1234,
+                gid: Some(55)
+            })
+        );
+        let Command::Run { args } = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(
+            args,
+            [
+                "-it",
+                "--rm",
+                "-v",
+                "/a:/b",
+                "img",
+                "sh",
+                "-c",
+                "ls --help",
+                "--",
+                "-v"
+            ]
+        );
+    }
+
+    #[test]
+    fn help_after_run_goes_to_docker() {
+        let cli = Cli::try_parse_from(["asme", "run", "--help"]).unwrap();
+        let Command::Run { args } = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(args, ["--help"]);
+    }
+
+    #[test]
+    fn bad_owner_is_refused() {
+        let err = Cli::try_parse_from(["asme", "--owner", "bob", "run", "img"]).unwrap_err();
+        assert!(err.to_string().contains("invalid owner 'bob'"), "{err}");
+    }
+}
