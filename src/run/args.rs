@@ -218,10 +218,11 @@ impl Opt {
     /// If `long` is not in the table or `value` does not fit the flag: both are bugs in asme.
     pub fn new(long: &str, value: Option<&str>) -> Opt {
         let flag = lookup_long(long).unwrap_or_else(|| panic!("not a docker run flag: --{long}"));
-        assert!(
-            !flag.takes_value || value.is_some(),
-            "--{long} needs a value"
-        );
+        let fits = match value {
+            None => !flag.takes_value,
+            Some(v) => flag.takes_value || parse_bool(v).is_some(),
+        };
+        assert!(fits, "--{long} cannot take {value:?}");
         Opt::canonical(format!("--{long}"), flag, value)
     }
 

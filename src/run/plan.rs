@@ -20,7 +20,7 @@ use crate::run::engine::{self, ImageConfig};
 /// - `--pull`: handled before the run; docker must not pull a second time.
 const REPLACED_FLAGS: [&str; 4] = ["entrypoint", "init", "user", "pull"];
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum PlanError {
     /// docker run says the same and exits 125.
     #[error("no command specified: the image has no ENTRYPOINT or CMD and none was given")]
