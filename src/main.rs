@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::Parser as _;
 
 use asme::cli::{Cli, Command};
 use asme::{init, run};
@@ -10,8 +10,21 @@ use asme::{init, run};
 /// docker run's own exit code for errors of the run itself (not of the command).
 const EXIT_RUN_FAILED: u8 = 125;
 
+/// Exit code for a command line asme cannot parse (clap's convention).
+const EXIT_USAGE: u8 = 2;
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) if !err.use_stderr() => err.exit(), // --help, --version
+        Err(err) => {
+            // clap adds usage and a tip; asme's errors are one line.
+            let message = err.to_string();
+            let first = message.lines().next().unwrap_or_default();
+            eprintln!("asme: {}", first.strip_prefix("error: ").unwrap_or(first));
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
     let result = match cli.command {
         Command::Init { ref argv } => return exit_with(init::run(argv)),
         Command::Probe => init::probe::main(),

@@ -103,20 +103,23 @@ pub fn spawn_command(argv: &[OsString]) -> io::Result<Pid> {
     let mut command = Command::new(program);
     command.args(args).process_group(0);
     // SAFETY: the closure runs in the forked child before exec and only calls
-    // async-signal-safe functions (sigaction, tcsetpgrp, getpgrp); it allocates nothing.
+    // async-signal-safe functions (sigaction, tcsetpgrp, getpgrp, sigprocmask); it allocates
+    // nothing.
     unsafe {
-        command.pre_exec(take_terminal);
+        command.pre_exec(prepare_child);
     }
     let child = command.spawn()?;
     Ok(Pid::from_raw(child.id() as i32))
 }
 
-/// In the child: become the terminal's foreground process group (tini `isolate_child`).
+/// In the child: become the terminal's foreground process group (tini `isolate_child`), then
+/// give the command the signal state of a fresh process.
 ///
 /// A background group calling tcsetpgrp(3) gets SIGTTOU, so it is ignored for the call and
-/// put back to the default afterwards; std has already reset the mask. ENOTTY (no tty, e.g.
-/// `docker run` without `-t`) and ENXIO are expected.
-fn take_terminal() -> io::Result<()> {
+/// put back to the default afterwards. ENOTTY (no tty, e.g. `docker run` without `-t`) and
+/// ENXIO are expected. The mask is cleared here because std does not always do it: the init
+/// blocks every signal, and a command inheriting that mask would never die of SIGTERM.
+fn prepare_child() -> io::Result<()> {
     use nix::sys::signal::{SaFlags, SigAction, SigHandler, sigaction};
     let ignore = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
     let default = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
@@ -131,9 +134,11 @@ fn take_terminal() -> io::Result<()> {
         sigaction(Signal::SIGTTIN, &default)?;
     }
     match result {
-        Ok(()) | Err(rustix::io::Errno::NOTTY) | Err(rustix::io::Errno::NXIO) => Ok(()),
-        Err(e) => Err(e.into()),
+        Ok(()) | Err(rustix::io::Errno::NOTTY) | Err(rustix::io::Errno::NXIO) => {}
+        Err(e) => return Err(e.into()),
     }
+    sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
+    Ok(())
 }
 
 /// The real uid and gid of this process.
