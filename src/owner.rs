@@ -80,11 +80,11 @@ pub fn resolve(spec: Option<OwnerSpec>, inv: &Invocation) -> Owner {
         });
         return Owner { uid: spec.uid, gid };
     }
-    if inv.real.0 == 0 {
-        if let Some(uid) = inv.sudo_uid.and_then(parse_id) {
-            let gid = inv.sudo_gid.and_then(parse_id).unwrap_or(uid);
-            return Owner { uid, gid };
-        }
+    if inv.real.0 == 0
+        && let Some(uid) = inv.sudo_uid.and_then(parse_id)
+    {
+        let gid = inv.sudo_gid.and_then(parse_id).unwrap_or(uid);
+        return Owner { uid, gid };
     }
     Owner {
         uid: inv.real.0,

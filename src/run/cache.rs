@@ -53,10 +53,10 @@ impl Cache {
             bail!("unexpected image id '{image_id}'");
         }
         let path = self.root.join("images").join(format!("{name}.json"));
-        if let Ok(text) = fs::read_to_string(&path) {
-            if let Ok(facts) = serde_json::from_str(&text) {
-                return Ok(facts);
-            }
+        if let Ok(text) = fs::read_to_string(&path)
+            && let Ok(facts) = serde_json::from_str(&text)
+        {
+            return Ok(facts);
         }
         let facts = fetch()?;
         write_atomic(&path, serde_json::to_string(&facts)?.as_bytes())?;

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Start-up cost of asme: median wall time of `asme run --rm IMG true` against
+# `docker run --rm IMG true`, interleaved so both see the same machine, printed as a ratio.
+#
+#   bench/startup.sh [-n RUNS] [STRATEGY...]     (default: 25 runs, strategy user)
+#
+# Run it as an ordinary user in the docker group (or as root: asme then works for root).
+# Goal (issue 3): ratio at most 1.10.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+runs=25
+if [ "${1:-}" = "-n" ]; then runs=$2; shift 2; fi
+strategies=("${@:-user}")
+image=${ASME_BENCH_IMAGE:-asme-test/busybox}
+
+docker image inspect "$image" >/dev/null 2>&1 || {
+  echo "image $image is missing: build it with 'sudo bash tests/images/build.sh busybox'" >&2
+  exit 1
+}
+# ASME_BIN: a built asme (e.g. when the benchmarking user has no Rust toolchain).
+if [ -z "${ASME_BIN:-}" ]; then cargo build --release --quiet; fi
+asme=${ASME_BIN:-target/x86_64-unknown-linux-gnu/release/asme}
+
+# One warm-up each: the first asme run of an image probes it once (cached afterwards).
+docker run --rm "$image" true
+for s in "${strategies[@]}"; do "$asme" --strategy "$s" run --rm "$image" true; done
+
+elapsed() { # CMD... -> milliseconds
+  local t0 t1
+  t0=$(date +%s%N)
+  "$@" >/dev/null
+  t1=$(date +%s%N)
+  echo $(( (t1 - t0) / 1000 ))
+}
+median() { sort -n | awk '{a[NR]=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; printf "%.1f", m/1000}'; }
+
+declare -A samples
+for ((i = 0; i < runs; i++)); do
+  samples[docker]+="$(elapsed docker run --rm "$image" true) "
+  for s in "${strategies[@]}"; do
+    samples[$s]+="$(elapsed "$asme" --strategy "$s" run --rm "$image" true) "
+  done
+done
+
+base=$(tr ' ' '\n' <<<"${samples[docker]}" | grep . | median)
+printf '%-28s %8s ms  (median of %d)\n' "docker run --rm $image true" "$base" "$runs"
+for s in "${strategies[@]}"; do
+  m=$(tr ' ' '\n' <<<"${samples[$s]}" | grep . | median)
+  ratio=$(awk -v a="$m" -v b="$base" 'BEGIN {printf "%.3f", a/b}')
+  printf '%-28s %8s ms  ratio %s  (goal <= 1.10)\n' "asme --strategy $s run" "$m" "$ratio"
+done
