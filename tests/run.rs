@@ -487,3 +487,30 @@ fn owner_under_sudo_and_by_option() {
     ok(&mut cmd);
     assert_all_owned(&dir.path, user1234(), 3);
 }
+
+#[test]
+fn the_host_binary_cannot_be_changed_from_inside() {
+    // Even root in the container (explicit --user 0) cannot write to the injected binary,
+    // directly or through /proc/1/exe (CVE-2019-5736).
+    let exe = env!("CARGO_BIN_EXE_asme");
+    let before = fs::read(exe).unwrap();
+    let user = user1000();
+    let dir = TestDir::new(user, "binary");
+    let out = ok(asme_as(
+        user,
+        &dir.path,
+        &[
+            "run",
+            "--rm",
+            "--user",
+            "0",
+            &image("busybox"),
+            "sh",
+            "-c",
+            "echo x >> /.asme-init && echo wrote-init; echo x >> /proc/1/exe && echo wrote-exe; \
+         rm -f /.asme-init && echo removed; echo tried",
+        ],
+    ));
+    assert_eq!(out, "tried\n");
+    assert!(fs::read(exe).unwrap() == before, "the host binary changed");
+}
