@@ -58,6 +58,21 @@ pub enum Command {
     /// (inside a throwaway container) print what an image holds that asme needs, as JSON.
     #[command(hide = true)]
     Probe,
+
+    /// The idmap agent: the container that makes idmapped mounts for `asme run`.
+    Agent {
+        #[command(subcommand)]
+        command: AgentCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentCommand {
+    /// Stop the agent and remove its container and image (it starts again when needed).
+    Stop,
+    /// (inside the agent container) serve requests.
+    #[command(hide = true)]
+    Serve,
 }
 
 /// How ownership of bind-mount writes is achieved.
@@ -65,6 +80,9 @@ pub enum Command {
 pub enum Strategy {
     /// The best strategy that works here.
     Auto,
+    /// Keep the container's user (root by default); each bind mount becomes a kernel idmapped
+    /// mount, so what that user writes is stored as the owner.
+    Idmap,
     /// Run the command as the owner, with an account (name, group, writable HOME) made for it.
     User,
 }

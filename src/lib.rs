@@ -2,8 +2,10 @@
 //!
 //! The binary is a thin CLI (`main.rs`, `cli.rs`) over these modules, each owning one concern.
 
+pub mod agent;
 pub mod cli;
 pub mod identity;
+pub mod idmap;
 pub mod init;
 pub mod owner;
 pub mod run;

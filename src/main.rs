@@ -4,8 +4,9 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 
-use asme::cli::{Cli, Command};
-use asme::{init, run};
+use asme::cli::{AgentCommand, Cli, Command};
+use asme::run::engine::Docker;
+use asme::{agent, init, run};
 
 /// docker run's own exit code for errors of the run itself (not of the command).
 const EXIT_RUN_FAILED: u8 = 125;
@@ -29,6 +30,12 @@ fn main() -> ExitCode {
         Command::Init { ref argv } => return exit_with(init::run(argv)),
         Command::Probe => init::probe::main(),
         Command::Run { ref args } => run::run(&cli, args),
+        Command::Agent {
+            command: AgentCommand::Serve,
+        } => agent::server::serve(),
+        Command::Agent {
+            command: AgentCommand::Stop,
+        } => Docker::detect().and_then(|d| agent::stop(&d)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -6,6 +6,7 @@
 
 use std::fs;
 use std::io::{self, Write};
+use std::os::fd::BorrowedFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -75,7 +76,7 @@ impl Cache {
         let path = self
             .root
             .join("accounts")
-            .join(format!("{kind}-{:016x}", fnv1a(content)));
+            .join(format!("{kind}-{:016x}", fnv1a(content.as_bytes())));
         // The hash only names the file; equality of content is what allows reuse.
         if fs::read(&path).is_ok_and(|existing| existing == content.as_bytes()) {
             return Ok(path);
@@ -83,6 +84,29 @@ impl Cache {
         write_atomic(&path, content.as_bytes())?;
         Ok(path)
     }
+}
+
+impl Cache {
+    /// Whether the filesystem of `fd` is remembered to refuse idmapped mounts.
+    pub fn idmap_unsupported(&self, fd: BorrowedFd<'_>) -> bool {
+        filesystem_key(fd).is_some_and(|key| self.root.join("no-idmap").join(key).exists())
+    }
+
+    /// Remembers that the filesystem of `fd` refuses idmapped mounts (probed once per
+    /// filesystem; a failure to remember only costs a probe next time).
+    pub fn remember_idmap_unsupported(&self, fd: BorrowedFd<'_>) {
+        if let Some(key) = filesystem_key(fd) {
+            let _ = write_atomic(&self.root.join("no-idmap").join(key), b"");
+        }
+    }
+}
+
+/// Names a mounted filesystem: its device and its type (a device number alone can be reused
+/// by the next FUSE mount).
+fn filesystem_key(fd: BorrowedFd<'_>) -> Option<String> {
+    let stat = rustix::fs::fstat(fd).ok()?;
+    let statfs = rustix::fs::fstatfs(fd).ok()?;
+    Some(format!("{:x}-{:x}", stat.st_dev, statfs.f_type))
 }
 
 /// Writes a 0644 file through a temporary name and rename(2), so a reader (or a container
@@ -120,10 +144,13 @@ fn check_owned(dir: &Path, uid: u32) -> Result<()> {
 }
 
 /// FNV-1a, 64 bits: a stable, dependency-free name for content.
-fn fnv1a(text: &str) -> u64 {
-    text.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
-        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
-    })
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes
+        .iter()
+        .copied()
+        .fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+        })
 }
 
 #[cfg(test)]
@@ -132,7 +159,7 @@ mod tests {
 
     #[test]
     fn fnv_is_stable() {
-        assert_eq!(fnv1a(""), 0xcbf2_9ce4_8422_2325);
-        assert_eq!(fnv1a("a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
     }
 }

@@ -168,6 +168,34 @@ impl Docker {
         anyhow!(err).context(format!("running {}", self.program.display()))
     }
 
+    /// `docker import` of a tar stream (`-` as the source), with Dockerfile-style changes.
+    pub fn import(&self, tar: &[u8], tag: &str, changes: &[&str]) -> Result<()> {
+        use std::io::Write;
+        let mut command = Command::new(&self.program);
+        command.arg("import");
+        for change in changes {
+            command.args(["--change", change]);
+        }
+        let mut child = command
+            .args(["-", tag])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("running docker import")?;
+        child
+            .stdin
+            .take()
+            .expect("piped")
+            .write_all(tar)
+            .context("sending the image to docker import")?;
+        let output = child.wait_with_output()?;
+        if !output.status.success() {
+            return Err(cli_error(&String::from_utf8_lossy(&output.stderr)));
+        }
+        Ok(())
+    }
+
     fn run_captured<I, S>(&self, args: I) -> Result<std::process::Output>
     where
         I: IntoIterator<Item = S>,
@@ -186,7 +214,7 @@ impl Docker {
     }
 
     /// Runs the CLI and returns its stdout, or its error as one line.
-    fn output<I, S>(&self, args: I) -> Result<String>
+    pub fn output<I, S>(&self, args: I) -> Result<String>
     where
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,

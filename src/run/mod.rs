@@ -8,18 +8,54 @@
 pub mod args;
 pub mod cache;
 pub mod engine;
+pub mod mounts;
 pub mod plan;
 
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context as _, Result, bail};
 
+use crate::agent;
 use crate::cli::{Cli, Strategy};
+use crate::init::probe::ImageFacts;
 use crate::owner::{self, Owner};
 use args::RunArgs;
 use cache::Cache;
 use engine::{Docker, PullPolicy};
 use plan::{Injection, RunAs};
+
+/// What every strategy needs to know about this run.
+struct Context<'a> {
+    cli: &'a Cli,
+    docker: Docker,
+    image: engine::ImageConfig,
+    facts: ImageFacts,
+    owner: Owner,
+    exe: PathBuf,
+    cache: Cache,
+}
+
+impl Context<'_> {
+    /// Prints a decision under `-v`.
+    fn say(&self, note: impl std::fmt::Display) {
+        if self.cli.verbose {
+            eprintln!("asme: {note}");
+        }
+    }
+}
+
+/// What a strategy decided: the docker arguments to use and what to inject.
+struct Setup {
+    args: RunArgs,
+    user: Option<String>,
+    group_add: Vec<u32>,
+    account_files: Option<(PathBuf, PathBuf)>,
+    home_tmpfs: Option<(String, u32, u32)>,
+    home_env: Option<String>,
+    /// Idmapped mounts in use: held open until docker ends.
+    lease: Option<agent::Lease>,
+}
 
 /// Runs `docker run ARGS` as asme; returns only on error (otherwise docker replaces us).
 pub fn run(cli: &Cli, argv: &[String]) -> Result<()> {
@@ -35,64 +71,231 @@ pub fn run(cli: &Cli, argv: &[String]) -> Result<()> {
     let exe = injected_exe()?;
     let cache = Cache::open()?;
     let facts = cache.image_facts(&image.id, || docker.probe(&image.id, &exe))?;
-
-    // `user` is the only strategy so far, so `auto` is `user`.
-    let (Strategy::Auto | Strategy::User) = cli.strategy;
-    let say = |note: String| {
-        if cli.verbose {
-            eprintln!("asme: {note}");
-        }
+    let ctx = Context {
+        cli,
+        docker,
+        image,
+        facts,
+        owner,
+        exe,
+        cache,
     };
     if args.flag("init") {
-        say("--init dropped: asme is the container's init".into());
+        ctx.say("--init dropped: asme is the container's init");
     }
-    let account_files;
-    let inject = match plan::run_as(&args, owner, &facts) {
+
+    let setup = match cli.strategy {
+        Strategy::User => user_setup(&ctx, &args)?,
+        Strategy::Idmap => idmap_setup(&ctx, &args)?,
+        // idmap keeps the container's own user, so it is the first choice; an owner who is
+        // root needs no mapping at all.
+        Strategy::Auto if owner.uid == 0 => user_setup(&ctx, &args)?,
+        Strategy::Auto => match idmap_setup(&ctx, &args) {
+            Ok(setup) => setup,
+            Err(e) => {
+                eprintln!(
+                    "asme: notice: idmap strategy unavailable ({e:#}); using the user strategy"
+                );
+                user_setup(&ctx, &args)?
+            }
+        },
+    };
+    let inject = Injection {
+        exe: &ctx.exe,
+        user: setup.user.clone(),
+        group_add: setup.group_add.clone(),
+        account_files: setup
+            .account_files
+            .as_ref()
+            .map(|(p, g)| (p.as_path(), g.as_path())),
+        home_tmpfs: setup.home_tmpfs.clone(),
+        home_env: setup.home_env.clone(),
+    };
+    let final_argv = plan::rewrite(&setup.args, &command, &inject);
+    ctx.say(format_args!("docker {}", shell_words(&final_argv)));
+    if let Some(lease) = &setup.lease {
+        lease
+            .keep_across_exec()
+            .context("keeping the idmap lease")?;
+    }
+    Err(ctx.docker.exec(&final_argv))
+}
+
+/// Strategy `user`: run as the owner with a synthesised account.
+fn user_setup(ctx: &Context, args: &RunArgs) -> Result<Setup> {
+    let owner = ctx.owner;
+    let mut setup = Setup {
+        args: args.clone(),
+        user: None,
+        group_add: Vec::new(),
+        account_files: None,
+        home_tmpfs: None,
+        home_env: None,
+        lease: None,
+    };
+    match plan::run_as(args, owner, &ctx.facts) {
         RunAs::Explicit(user) => {
-            say(format!(
+            ctx.say(format_args!(
                 "strategy user: --user {user} given, so the command runs as {user} and what it \
                  writes into bind mounts belongs to that user, not to you ({owner})"
             ));
-            Injection {
-                exe: &exe,
-                user: Some(user),
-                group_add: Vec::new(),
-                account_files: None,
-                home_tmpfs: None,
-                home_env: None,
-            }
+            setup.user = Some(user);
         }
         RunAs::Owner => {
             let host_passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
             let host_group = std::fs::read_to_string("/etc/group").unwrap_or_default();
             let (user_name, group_name) = owner::host_names(owner, &host_passwd, &host_group);
-            let account = plan::plan_account(&facts, owner, &user_name, &group_name);
-            account_files =
-                cache.account_files(&account.accounts.passwd, &account.accounts.group)?;
-            let home_env = plan::image_home_env(&args, &image)
+            let account = plan::plan_account(&ctx.facts, owner, &user_name, &group_name);
+            let files = ctx
+                .cache
+                .account_files(&account.accounts.passwd, &account.accounts.group)?;
+            setup.home_env = plan::image_home_env(args, &ctx.image)
                 .filter(|home| *home != account.home)
                 .map(|_| account.home.clone());
-            say(format!(
+            ctx.say(format_args!(
                 "strategy user: the command runs as {} ({owner}), HOME {}{}",
                 account.accounts.user.name,
                 account.home,
                 if account.home_tmpfs { " (tmpfs)" } else { "" }
             ));
-            Injection {
-                exe: &exe,
-                user: Some(owner.to_string()),
-                group_add: account.accounts.supplementary_gids.clone(),
-                account_files: Some((&account_files.0, &account_files.1)),
-                home_tmpfs: account
-                    .home_tmpfs
-                    .then(|| (account.home.clone(), owner.uid, owner.gid)),
-                home_env,
-            }
+            setup.user = Some(owner.to_string());
+            setup.group_add = account.accounts.supplementary_gids;
+            setup.account_files = Some(files);
+            setup.home_tmpfs = account
+                .home_tmpfs
+                .then(|| (account.home, owner.uid, owner.gid));
         }
+    }
+    Ok(setup)
+}
+
+/// Strategy `idmap`: the container keeps its user; each bind mount is swapped for an
+/// idmapped copy in which that user's writes are stored as the owner.
+fn idmap_setup(ctx: &Context, args: &RunArgs) -> Result<Setup> {
+    let user = args.last("user").map(str::to_string);
+    let spec = user.as_deref().unwrap_or(&ctx.image.user);
+    let container = plan::container_ids(spec, &ctx.facts).map_err(|e| anyhow::anyhow!(e))?;
+    let binds = mounts::bind_mounts(args);
+    let mut setup = Setup {
+        args: args.clone(),
+        user,
+        group_add: Vec::new(),
+        account_files: None,
+        home_tmpfs: None,
+        home_env: None,
+        lease: None,
     };
-    let final_argv = plan::rewrite(&args, &command, &inject);
-    say(format!("docker {}", shell_words(&final_argv)));
-    Err(docker.exec(&final_argv))
+    ctx.say(format_args!(
+        "strategy idmap: the container keeps uid {}:{}; in {} bind mount(s) its writes are stored as {}",
+        container.0,
+        container.1,
+        binds.len(),
+        ctx.owner
+    ));
+    if binds.is_empty() {
+        return Ok(setup);
+    }
+    if ctx.owner.uid == 0 || ctx.owner.gid == 0 {
+        bail!(
+            "the idmap strategy never stores files as host root; the owner {} is root",
+            ctx.owner
+        );
+    }
+    let cwd = std::env::current_dir().context("reading the working folder")?;
+    let sources = binds
+        .iter()
+        .map(|bind| open_source(&bind.absolute_source(&cwd), bind.kind))
+        .collect::<Result<Vec<_>>>()?;
+    for (bind, source) in binds.iter().zip(&sources) {
+        if ctx.cache.idmap_unsupported(source.as_fd()) {
+            bail!(
+                "{} is on a filesystem that refuses idmapped mounts (remembered)",
+                bind.source
+            );
+        }
+    }
+    let borrowed: Vec<_> = sources.iter().map(|s| s.as_fd()).collect();
+    let lease = match agent::lease(&ctx.docker, &ctx.exe, &borrowed, container, ctx.owner) {
+        Ok(lease) => lease,
+        Err(agent::LeaseError::Unsupported {
+            message,
+            source_index,
+        }) => {
+            if let Some(source) = source_index.and_then(|i| sources.get(i)) {
+                ctx.cache.remember_idmap_unsupported(source.as_fd());
+            }
+            let what = source_index
+                .and_then(|i| binds.get(i))
+                .map_or("a bind mount", |b| &b.source);
+            bail!("{what}: {message}");
+        }
+        Err(agent::LeaseError::Other(e)) => return Err(e),
+    };
+    for (bind, source) in binds.iter().zip(&sources) {
+        if let Some(example) = root_owned_folder(source.as_fd()) {
+            eprintln!(
+                "asme: notice: {} holds folders owned by host root (e.g. {example}); inside they \
+                 show as nobody and cannot be written, even by root: give them back with \
+                 'sudo chown -R {} {}'",
+                bind.source, ctx.owner, bind.source
+            );
+        }
+    }
+    setup.args = mounts::with_sources(args, &binds, &lease.paths);
+    setup.lease = Some(lease);
+    Ok(setup)
+}
+
+/// Opens a bind source as the user (O_PATH: no read permission needed, but every folder on
+/// the way must be searchable by them). A missing `-v` source is created, as docker does,
+/// but owned by the user.
+fn open_source(path: &std::path::Path, kind: mounts::BindKind) -> Result<OwnedFd> {
+    use rustix::fs::{Mode, OFlags};
+    let open = || rustix::fs::open(path, OFlags::PATH | OFlags::CLOEXEC, Mode::empty());
+    match open() {
+        Ok(fd) => Ok(fd),
+        Err(rustix::io::Errno::NOENT) if kind == mounts::BindKind::Volume => {
+            std::fs::create_dir_all(path)
+                .with_context(|| format!("creating {}", path.display()))?;
+            Ok(open()?)
+        }
+        Err(rustix::io::Errno::NOENT) => bail!(
+            "invalid mount config for type \"bind\": bind source path does not exist: {}",
+            path.display()
+        ),
+        Err(e) => Err(anyhow::anyhow!(e).context(format!("opening {}", path.display()))),
+    }
+}
+
+/// A folder directly in `dir` (or `dir` itself) owned by host root, by name.
+fn root_owned_folder(dir: BorrowedFd<'_>) -> Option<String> {
+    use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+    let is_root_dir = |st: &rustix::fs::Stat| {
+        st.st_uid == 0 && FileType::from_raw_mode(st.st_mode) == FileType::Directory
+    };
+    if rustix::fs::fstat(dir).is_ok_and(|st| is_root_dir(&st)) {
+        return Some(".".into());
+    }
+    let listing = rustix::fs::openat(
+        dir,
+        ".",
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()?;
+    let mut entries = rustix::fs::Dir::read_from(&listing).ok()?;
+    while let Some(Ok(entry)) = entries.next() {
+        let name = entry.file_name();
+        if name == c"." || name == c".." {
+            continue;
+        }
+        if rustix::fs::statat(&listing, name, AtFlags::SYMLINK_NOFOLLOW)
+            .is_ok_and(|st| is_root_dir(&st))
+        {
+            return Some(name.to_string_lossy().into_owned());
+        }
+    }
+    None
 }
 
 fn invoking_owner(cli: &Cli) -> Result<Owner> {

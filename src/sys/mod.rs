@@ -4,6 +4,9 @@
 //! crate lives here with the reason it holds. Policy (what to block, when to reap) belongs to
 //! the callers, mostly `init`.
 
+pub mod mount;
+pub mod socket;
+
 use std::ffi::OsString;
 use std::io;
 use std::os::unix::process::CommandExt;

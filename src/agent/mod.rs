@@ -1,0 +1,263 @@
+//! The idmap agent: a long-lived container, started on demand from asme's own binary, that
+//! makes idmapped mounts for ordinary users over a root:docker socket.
+//!
+//! This module is the client side (start, lease, stop); `server` is the agent; `protocol` is
+//! what they say. Making idmapped mounts needs CAP_SYS_ADMIN in the host's namespaces, which
+//! the target container must never get: asking a separate container keeps the target's
+//! privileges exactly those of plain `docker run`, and costs about a millisecond once the
+//! agent runs.
+
+pub mod protocol;
+pub mod server;
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+
+use crate::owner::Owner;
+use crate::run::cache::fnv1a;
+use crate::run::engine::Docker;
+use crate::sys::socket;
+use protocol::{ErrorKind, PROTOCOL, Request, Response, SOCKET};
+
+/// The agent container's name: one per engine.
+pub const CONTAINER: &str = "asme-agent";
+/// Label on everything agent-related, so `asme agent stop` finds it all.
+const LABEL: &str = "asme.agent=1";
+/// How long starting the agent and any one request may take.
+const DEADLINE: Duration = Duration::from_secs(20);
+
+/// Idmapped copies of folders, valid while this lease (its connection) is open.
+pub struct Lease {
+    conn: UnixStream,
+    /// Host paths to give docker instead of the folders, in request order.
+    pub paths: Vec<PathBuf>,
+}
+
+impl Lease {
+    /// Keeps the lease open across exec(2) into docker: it then ends exactly when the
+    /// `docker run` that uses it ends, however that happens.
+    pub fn keep_across_exec(&self) -> io::Result<()> {
+        rustix::io::fcntl_setfd(self.conn.as_fd(), rustix::io::FdFlags::empty())?;
+        Ok(())
+    }
+}
+
+/// Why no lease was given.
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    /// The filesystem of folder `source` (or the kernel) refuses idmapped mounts.
+    #[error("{message}")]
+    Unsupported {
+        message: String,
+        source_index: Option<usize>,
+    },
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+/// Asks the agent (starting it if needed) for idmapped copies of `sources` where container
+/// ids `container` are stored as `owner`.
+pub fn lease(
+    docker: &Docker,
+    exe: &Path,
+    sources: &[BorrowedFd<'_>],
+    container: (u32, u32),
+    owner: Owner,
+) -> Result<Lease, LeaseError> {
+    let request = Request::Prepare {
+        protocol: PROTOCOL,
+        container_uid: container.0,
+        container_gid: container.1,
+        owner_uid: owner.uid,
+        owner_gid: owner.gid,
+    };
+    let mut restarted = false;
+    loop {
+        let conn = connect_or_start(docker, exe)?;
+        let response = exchange(&conn, &request, sources).context("talking to the asme agent")?;
+        match response {
+            Response::Prepared { paths } if paths.len() == sources.len() => {
+                return Ok(Lease {
+                    conn,
+                    paths: paths.into_iter().map(PathBuf::from).collect(),
+                });
+            }
+            Response::Error {
+                kind: ErrorKind::Protocol,
+                ..
+            } if !restarted => {
+                // An agent from another asme version: replace it once.
+                stop(docker)?;
+                restarted = true;
+            }
+            Response::Error {
+                kind: ErrorKind::Unsupported,
+                message,
+                source,
+            } => {
+                return Err(LeaseError::Unsupported {
+                    message,
+                    source_index: source,
+                });
+            }
+            Response::Error { message, .. } => {
+                return Err(anyhow!("the asme agent refused: {message}").into());
+            }
+            other => return Err(anyhow!("unexpected answer from the asme agent: {other:?}").into()),
+        }
+    }
+}
+
+fn exchange(conn: &UnixStream, request: &Request, fds: &[BorrowedFd<'_>]) -> io::Result<Response> {
+    conn.set_read_timeout(Some(DEADLINE))?;
+    socket::send_with_fds(conn, &serde_json::to_vec(request)?, fds)?;
+    let (data, _) = socket::recv_with_fds(conn, 64 * 1024)?;
+    if data.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the agent closed the connection",
+        ));
+    }
+    Ok(serde_json::from_slice(&data)?)
+}
+
+fn connect_or_start(docker: &Docker, exe: &Path) -> Result<UnixStream> {
+    match UnixStream::connect(SOCKET) {
+        Ok(conn) => return Ok(conn),
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            bail!("cannot use the asme agent at {SOCKET}: {e} (is your user in the docker group?)")
+        }
+        Err(_) => {}
+    }
+    start(docker, exe)?;
+    let deadline = Instant::now() + DEADLINE;
+    for attempt in 0.. {
+        match UnixStream::connect(SOCKET) {
+            Ok(conn) => return Ok(conn),
+            Err(e) if Instant::now() >= deadline => {
+                bail!(
+                    "the asme agent did not come up within {DEADLINE:?} ({e}){}",
+                    agent_log(docker)
+                );
+            }
+            Err(_) => {}
+        }
+        // Every 200 ms, make sure it has not died on the way up.
+        if attempt % 10 == 9 && !is_running(docker) {
+            bail!("the asme agent stopped while starting{}", agent_log(docker));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    unreachable!()
+}
+
+fn is_running(docker: &Docker) -> bool {
+    docker
+        .output([
+            "container",
+            "inspect",
+            "--format",
+            "{{.State.Running}}",
+            CONTAINER,
+        ])
+        .is_ok_and(|out| out.trim() == "true")
+}
+
+/// The agent's last words, for an error message.
+fn agent_log(docker: &Docker) -> String {
+    match docker.output(["logs", "--tail", "2", CONTAINER]) {
+        Ok(log) if !log.trim().is_empty() => format!(": {}", log.trim().replace('\n', "; ")),
+        _ => String::new(),
+    }
+}
+
+/// Starts the agent container. Its privileges are what the kernel sequence needs and no
+/// more: joining the host's mount namespace (SYS_ADMIN, SYS_CHROOT, and SYS_PTRACE to open
+/// the engine's /proc/PID/ns/mnt), writing id maps (SETUID, SETGID, and SETFCAP, which
+/// Linux 5.12+ demands to map a container's root: `verify_root_map`), and giving its socket to the docker
+/// group (CHOWN). No network, a read-only root, no restart policy. A stopped agent is kept
+/// until the next start (its log explains why it stopped) or `asme agent stop`.
+pub fn start(docker: &Docker, exe: &Path) -> Result<()> {
+    let image = agent_image(docker, exe)?;
+    if docker.output(["container", "inspect", CONTAINER]).is_ok() && !is_running(docker) {
+        docker.output(["rm", "-f", CONTAINER])?;
+    }
+    let result = docker.output([
+        "run",
+        "-d",
+        "--name",
+        CONTAINER,
+        "--label",
+        LABEL,
+        "--pid=host",
+        "--network=none",
+        "--read-only",
+        "--cap-drop=ALL",
+        "--cap-add=SYS_ADMIN",
+        "--cap-add=SYS_CHROOT",
+        "--cap-add=SYS_PTRACE",
+        "--cap-add=SETUID",
+        "--cap-add=SETGID",
+        "--cap-add=SETFCAP",
+        "--cap-add=CHOWN",
+        // AppArmor's and SELinux's container policies forbid mount operations outright.
+        "--security-opt=apparmor=unconfined",
+        "--security-opt=label=disable",
+        &image,
+        "/asme",
+        "agent",
+        "serve",
+    ]);
+    match result {
+        Ok(_) => Ok(()),
+        // Another asme started it at the same moment.
+        Err(e) if e.to_string().contains("is already in use") => Ok(()),
+        Err(e) => Err(e.context("starting the asme agent container")),
+    }
+}
+
+/// The agent's image: asme's own binary alone, imported from a tar stream (nothing pulled),
+/// tagged by the binary's content.
+fn agent_image(docker: &Docker, exe: &Path) -> Result<String> {
+    let binary = std::fs::read(exe).with_context(|| format!("reading {}", exe.display()))?;
+    let tag = format!("asme-agent:{:016x}", fnv1a(&binary));
+    if docker.inspect_image(&tag)?.is_some() {
+        return Ok(tag);
+    }
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_size(binary.len() as u64);
+    header.set_mode(0o755);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_cksum();
+    tar.append_data(&mut header, "asme", binary.as_slice())?;
+    let tar = tar.into_inner()?;
+    docker.import(&tar, &tag, &[&format!("LABEL {LABEL}")])?;
+    Ok(tag)
+}
+
+/// `asme agent stop`: stops the agent (it detaches every lease on its way out) and removes
+/// its container and images.
+pub fn stop(docker: &Docker) -> Result<()> {
+    for step in [
+        &["stop", "--time", "10", CONTAINER][..],
+        &["rm", "-f", CONTAINER],
+    ] {
+        match docker.output(step) {
+            Ok(_) => {}
+            Err(e) if e.to_string().contains("No such container") => {}
+            Err(e) => return Err(e.context("stopping the asme agent")),
+        }
+    }
+    let images = docker.output(["images", "-q", "--filter", &format!("label={LABEL}")])?;
+    for id in images.split_whitespace() {
+        let _ = docker.output(["image", "rm", "-f", id]);
+    }
+    Ok(())
+}

@@ -1,0 +1,294 @@
+//! `asme agent serve`: the long-lived, privileged half of the idmap strategy.
+//!
+//! It runs in a container that asme starts from its own binary with exactly the privileges the
+//! kernel sequence needs (see `client::start`), joins the host's mount namespace, and answers
+//! requests on a root:docker socket. Each answer is a lease: idmapped copies of the peer's
+//! folders, attached under a root-only folder, detached as soon as the peer's connection
+//! closes (the `docker run` that uses them has ended, or crashed). Leases a killed agent left
+//! behind are detached when the next one starts.
+
+use std::fs;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use nix::sys::signal::{SigSet, Signal};
+
+use super::protocol::{ErrorKind, LEASES, MAX_SOURCES, PROTOCOL, Request, Response, SOCKET};
+use crate::identity::GroupFile;
+use crate::idmap::{self, IdMap};
+use crate::sys::{mount, socket};
+
+/// Largest request message: a small JSON object.
+const MAX_REQUEST: usize = 4096;
+
+pub fn serve() -> Result<()> {
+    // setns(2) into a mount namespace refuses multi-threaded callers: do it first. The leases
+    // must live where the engine resolves bind sources: dockerd's mount namespace (host PID 1
+    // may also refuse to be opened, as on some VMs).
+    let host = engine_pid().unwrap_or(1);
+    mount::enter_mount_namespace(host).with_context(|| {
+        format!(
+            "joining the mount namespace of pid {host} (the agent needs --pid=host, SYS_ADMIN, \
+             SYS_PTRACE, SYS_CHROOT)"
+        )
+    })?;
+    // TERM/INT end the agent through the cleanup thread below, not mid-request.
+    let stop = SigSet::from_iter([Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP]);
+    stop.thread_block().context("blocking signals")?;
+
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create("/run/asme")?;
+    remove_stale_leases()?;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(LEASES)
+        .context("creating the leases folder")?;
+    // An older folder may have another mode; no host user may reach into a lease.
+    fs::set_permissions(LEASES, fs::Permissions::from_mode(0o700))?;
+    let listener = listen(Path::new(SOCKET))?;
+    std::thread::spawn(move || {
+        let _ = stop.wait();
+        // Prepared mounts must not outlive the agent; containers keep their own binds.
+        let _ = fs::remove_file(SOCKET);
+        let _ = remove_stale_leases();
+        std::process::exit(0);
+    });
+    eprintln!("asme agent: listening on {SOCKET}");
+    for conn in listener.incoming() {
+        match conn {
+            Ok(conn) => {
+                std::thread::spawn(move || serve_connection(conn));
+            }
+            Err(e) => eprintln!("asme agent: accept: {e}"),
+        }
+    }
+    Ok(())
+}
+
+/// The docker daemon's pid, seen through --pid=host.
+fn engine_pid() -> Option<u32> {
+    fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
+        let pid = entry.file_name().to_str()?.parse::<u32>().ok()?;
+        let comm = fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+        (comm.trim_end() == "dockerd").then_some(pid)
+    })
+}
+
+/// Binds the socket under a temporary name, sets owner and mode, then renames it into place,
+/// so nobody outside the docker group ever finds it open.
+fn listen(path: &Path) -> Result<UnixListener> {
+    let tmp = path.with_extension("sock.new");
+    let _ = fs::remove_file(&tmp);
+    let listener =
+        UnixListener::bind(&tmp).with_context(|| format!("binding {}", tmp.display()))?;
+    let docker_gid = fs::read_to_string("/etc/group")
+        .ok()
+        .and_then(|text| GroupFile::parse(&text).by_name("docker").map(|g| g.gid));
+    std::os::unix::fs::chown(&tmp, Some(0), docker_gid)?;
+    let mode = if docker_gid.is_some() { 0o660 } else { 0o600 };
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(mode))?;
+    fs::rename(&tmp, path)?;
+    Ok(listener)
+}
+
+/// Detaches and removes every lease under [`LEASES`].
+fn remove_stale_leases() -> io::Result<()> {
+    let entries = match fs::read_dir(LEASES) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for lease in entries {
+        release(&lease?.path());
+    }
+    Ok(())
+}
+
+fn serve_connection(conn: UnixStream) {
+    let (response, lease) = match handle(&conn) {
+        Ok((response, lease)) => (response, lease),
+        Err(Refusal(kind, message, source)) => (
+            Response::Error {
+                kind,
+                message,
+                source,
+            },
+            None,
+        ),
+    };
+    let text = serde_json::to_vec(&response).expect("responses serialise");
+    if socket::send_with_fds(&conn, &text, &[]).is_err() {
+        if let Some(lease) = &lease {
+            release(lease);
+        }
+        return;
+    }
+    let Some(lease) = lease else { return };
+    // The lease lives as long as the connection: wait for the peer to close it.
+    loop {
+        match socket::recv_with_fds(&conn, 64) {
+            Ok((data, _)) if data.is_empty() => break,
+            Ok(_) => continue,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        }
+    }
+    release(&lease);
+}
+
+/// Why a request was refused, and which folder it was about, if one.
+struct Refusal(ErrorKind, String, Option<usize>);
+
+impl From<(ErrorKind, String)> for Refusal {
+    fn from((kind, message): (ErrorKind, String)) -> Refusal {
+        Refusal(kind, message, None)
+    }
+}
+
+fn handle(conn: &UnixStream) -> Result<(Response, Option<PathBuf>), Refusal> {
+    let failed = |what: &str, e: &dyn std::fmt::Display| {
+        Refusal(ErrorKind::Failed, format!("{what}: {e}"), None)
+    };
+    let peer = socket::peer(conn).map_err(|e| failed("reading peer credentials", &e))?;
+    let (data, sources) =
+        socket::recv_with_fds(conn, MAX_REQUEST).map_err(|e| failed("reading the request", &e))?;
+    let request: Request = serde_json::from_slice(&data)
+        .map_err(|e| Refusal(ErrorKind::Invalid, format!("malformed request: {e}"), None))?;
+    match request {
+        Request::Ping { .. } => Ok((Response::Pong { protocol: PROTOCOL }, None)),
+        Request::Prepare {
+            protocol,
+            container_uid,
+            container_gid,
+            owner_uid,
+            owner_gid,
+        } => {
+            if protocol != PROTOCOL {
+                let message = format!("protocol {protocol}, agent speaks {PROTOCOL}");
+                return Err(Refusal(ErrorKind::Protocol, message, None));
+            }
+            check_owner(peer, owner_uid, owner_gid)?;
+            if sources.is_empty() || sources.len() > MAX_SOURCES {
+                let message = format!("expected 1 to {MAX_SOURCES} folders, got {}", sources.len());
+                return Err(Refusal(ErrorKind::Invalid, message, None));
+            }
+            let denied = |e: idmap::IdMapError| Refusal(ErrorKind::Denied, e.to_string(), None);
+            let uids = IdMap::for_owner(container_uid, owner_uid).map_err(denied)?;
+            let gids = IdMap::for_owner(container_gid, owner_gid).map_err(denied)?;
+            let lease = new_lease_dir().map_err(|e| failed("creating a lease", &e))?;
+            match attach_all(&lease, &sources, &uids, &gids) {
+                Ok(paths) => Ok((Response::Prepared { paths }, Some(lease))),
+                Err(refusal) => {
+                    release(&lease);
+                    Err(refusal)
+                }
+            }
+        }
+    }
+}
+
+/// A peer gets mappings to its own ids only; root may ask for anyone.
+fn check_owner(peer: socket::Peer, owner_uid: u32, owner_gid: u32) -> Result<(), Refusal> {
+    if peer.uid == 0 {
+        return Ok(());
+    }
+    if owner_uid != peer.uid {
+        let message = format!(
+            "uid {} may not ask for files owned by uid {owner_uid}",
+            peer.uid
+        );
+        return Err(Refusal(ErrorKind::Denied, message, None));
+    }
+    if owner_gid != peer.gid && !peer_groups(peer.pid).contains(&owner_gid) {
+        let message = format!("uid {} is not in group {owner_gid}", peer.uid);
+        return Err(Refusal(ErrorKind::Denied, message, None));
+    }
+    Ok(())
+}
+
+/// Supplementary groups of a process, from /proc/PID/status.
+fn peer_groups(pid: u32) -> Vec<u32> {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Groups:"))
+        .map(|groups| {
+            groups
+                .split_whitespace()
+                .filter_map(|g| g.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn new_lease_dir() -> io::Result<PathBuf> {
+    let mut random = [0u8; 8];
+    rustix::rand::getrandom(&mut random, rustix::rand::GetRandomFlags::empty())?;
+    let name: String = random.iter().map(|b| format!("{b:02x}")).collect();
+    let dir = Path::new(LEASES).join(name);
+    fs::DirBuilder::new().mode(0o700).create(&dir)?;
+    Ok(dir)
+}
+
+fn attach_all(
+    lease: &Path,
+    sources: &[OwnedFd],
+    uids: &IdMap,
+    gids: &IdMap,
+) -> Result<Vec<String>, Refusal> {
+    let userns = idmap::UserNamespace::new(uids, gids).map_err(|e| {
+        Refusal(
+            ErrorKind::Failed,
+            format!("creating the id mapping: {e}"),
+            None,
+        )
+    })?;
+    let mut paths = Vec::with_capacity(sources.len());
+    for (i, source) in sources.iter().enumerate() {
+        let failed =
+            |what: &str, e: io::Error| Refusal(ErrorKind::Failed, format!("{what}: {e}"), Some(i));
+        let is_dir = mount::is_dir(source.as_fd()).map_err(|e| failed("reading the folder", e))?;
+        let tree = userns.idmapped_tree(source.as_fd()).map_err(|e| {
+            let kind = match e.raw_os_error() {
+                Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP) => ErrorKind::Unsupported,
+                _ => ErrorKind::Failed,
+            };
+            Refusal(
+                kind,
+                format!("the kernel refuses an idmapped mount there: {e}"),
+                Some(i),
+            )
+        })?;
+        let target = lease.join(i.to_string());
+        let created = if is_dir {
+            fs::create_dir(&target)
+        } else {
+            fs::File::create(&target).map(drop)
+        };
+        created
+            .and_then(|()| mount::attach(tree.as_fd(), &target))
+            .map_err(|e| failed("attaching the idmapped mount", e))?;
+        paths.push(target.to_string_lossy().into_owned());
+    }
+    Ok(paths)
+}
+
+/// Detaches every mount of a lease and removes it; a lease is only ever a flat folder of
+/// mount points.
+fn release(lease: &Path) {
+    if let Ok(entries) = fs::read_dir(lease) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let _ = mount::detach(&path);
+            let _ = fs::remove_dir(&path).or_else(|_| fs::remove_file(&path));
+        }
+    }
+    let _ = fs::remove_dir(lease);
+}
