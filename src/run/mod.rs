@@ -163,7 +163,7 @@ fn user_setup(ctx: &Context, args: &RunArgs) -> Result<Setup> {
             setup.account_files = Some(files);
             setup.home_tmpfs = account
                 .home_tmpfs
-                .then(|| (account.home, owner.uid, owner.gid));
+                .then_some((account.home, owner.uid, owner.gid));
         }
     }
     Ok(setup)
