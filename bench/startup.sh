@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
-# Start-up cost of asme: median wall time of `asme run --rm IMG true` against
-# `docker run --rm IMG true`, interleaved so both see the same machine, printed as a ratio.
+# Start-up cost of asme: median wall time of `asme run --rm -v DIR:/w IMG true` against
+# `docker run --rm -v DIR:/w IMG true`, interleaved so both see the same machine, printed as
+# ratios. The bind mount is what the strategies work on (idmap leases it from the agent).
 #
-#   bench/startup.sh [-n RUNS] [STRATEGY...]     (default: 25 runs, strategy user)
+#   bench/startup.sh [-n RUNS] [STRATEGY...]     (default: 25 runs, strategies user idmap)
 #
-# Run it as an ordinary user in the docker group (or as root: asme then works for root).
-# Goal (issue 3): ratio at most 1.10.
+# Run it as an ordinary user in the docker group. Goal: every ratio at most 1.10.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 runs=25
 if [ "${1:-}" = "-n" ]; then runs=$2; shift 2; fi
-strategies=("${@:-user}")
+strategies=("$@")
+[ ${#strategies[@]} -gt 0 ] || strategies=(user idmap)
 image=${ASME_BENCH_IMAGE:-asme-test/busybox}
 
 docker image inspect "$image" >/dev/null 2>&1 || {
@@ -22,9 +23,14 @@ docker image inspect "$image" >/dev/null 2>&1 || {
 if [ -z "${ASME_BIN:-}" ]; then cargo build --release --quiet; fi
 asme=${ASME_BIN:-target/x86_64-unknown-linux-gnu/release/asme}
 
-# One warm-up each: the first asme run of an image probes it once (cached afterwards).
-docker run --rm "$image" true
-for s in "${strategies[@]}"; do "$asme" --strategy "$s" run --rm "$image" true; done
+dir=$(mktemp -d)
+trap 'rm -rf "$dir"' EXIT
+mount=(-v "$dir:/w")
+
+# One warm-up each: the first asme run of an image probes it once (cached afterwards), and
+# the first idmap run starts the agent.
+docker run --rm "${mount[@]}" "$image" true
+for s in "${strategies[@]}"; do "$asme" --strategy "$s" run --rm "${mount[@]}" "$image" true; done
 
 elapsed() { # CMD... -> milliseconds
   local t0 t1
@@ -37,14 +43,14 @@ median() { sort -n | awk '{a[NR]=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1
 
 declare -A samples
 for ((i = 0; i < runs; i++)); do
-  samples[docker]+="$(elapsed docker run --rm "$image" true) "
+  samples[docker]+="$(elapsed docker run --rm "${mount[@]}" "$image" true) "
   for s in "${strategies[@]}"; do
-    samples[$s]+="$(elapsed "$asme" --strategy "$s" run --rm "$image" true) "
+    samples[$s]+="$(elapsed "$asme" --strategy "$s" run --rm "${mount[@]}" "$image" true) "
   done
 done
 
 base=$(tr ' ' '\n' <<<"${samples[docker]}" | grep . | median)
-printf '%-28s %8s ms  (median of %d)\n' "docker run --rm $image true" "$base" "$runs"
+printf '%-28s %8s ms  (median of %d)\n' "docker run" "$base" "$runs"
 for s in "${strategies[@]}"; do
   m=$(tr ' ' '\n' <<<"${samples[$s]}" | grep . | median)
   ratio=$(awk -v a="$m" -v b="$base" 'BEGIN {printf "%.3f", a/b}')
