@@ -1,6 +1,7 @@
 //! Command-line types and help text (clap derive). No logic: `main` dispatches on these.
 
 use std::ffi::OsString;
+use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -58,6 +59,23 @@ pub enum Command {
     /// (inside a throwaway container) print what an image holds that asme needs, as JSON.
     #[command(hide = true)]
     Probe,
+
+    /// Check what this host offers asme, with a live test of each strategy.
+    ///
+    /// Reports the engine, kernel, PATH's filesystem, FUSE and security modules, runs each
+    /// strategy for real on a temp folder in PATH, and says which one `auto` will use. Exits 1
+    /// when no strategy works. Removes everything it creates.
+    Doctor {
+        /// The folder whose filesystem is tested [default: the working folder].
+        path: Option<PathBuf>,
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+
+    /// (inside doctor's self-test container) create the file PATH, print our uid:gid.
+    #[command(hide = true)]
+    DoctorWrite { path: PathBuf },
 
     /// The idmap agent: the container that makes idmapped mounts for `asme run`.
     Agent {

@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod cli;
+pub mod doctor;
 pub mod identity;
 pub mod idmap;
 pub mod init;

@@ -6,7 +6,7 @@ use clap::Parser as _;
 
 use asme::cli::{AgentCommand, Cli, Command};
 use asme::run::engine::Docker;
-use asme::{agent, init, run};
+use asme::{agent, doctor, init, run};
 
 /// docker run's own exit code for errors of the run itself (not of the command).
 const EXIT_RUN_FAILED: u8 = 125;
@@ -30,6 +30,8 @@ fn main() -> ExitCode {
         Command::Init { ref argv } => return exit_with(init::run(argv)),
         Command::Probe => init::probe::main(),
         Command::Run { ref args } => run::run(&cli, args),
+        Command::Doctor { ref path, json } => return doctor::main(&cli, path.as_deref(), json),
+        Command::DoctorWrite { ref path } => doctor::write_probe(path),
         Command::Agent {
             command: AgentCommand::Serve,
         } => agent::server::serve(),
