@@ -1,0 +1,125 @@
+//! e2e: `asme doctor` on the real engine, run by an ordinary host user.
+
+mod testenv;
+
+use std::fs;
+use std::sync::{Mutex, MutexGuard};
+
+use testenv::{Run, TestDir, asme_as, docker, ok, user1234};
+
+/// One doctor at a time: each checks that no doctor image exists once it is done.
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Images the doctor left behind (it tags its throwaway image `asme-doctor:PID`).
+fn doctor_images() -> String {
+    ok(docker(&[
+        "images",
+        "--format",
+        "{{.Repository}}:{{.Tag}}",
+        "asme-doctor",
+    ]))
+}
+
+/// Entries in `dir` that the doctor may have left (its temp folders are `.asme-doctor-*`).
+fn leftovers(dir: &TestDir) -> Vec<String> {
+    fs::read_dir(&dir.path)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with(".asme-doctor"))
+        .collect()
+}
+
+#[test]
+fn json_report_says_both_strategies_work_and_leaves_nothing() {
+    let _lock = one_at_a_time();
+    let user = user1234();
+    let dir = TestDir::new(user, "doctor-json");
+    let path = dir.path.to_str().unwrap();
+    let run = Run::of(asme_as(user, &dir.path, &["doctor", "--json", path]));
+    let explain = run.explain();
+    let report: serde_json::Value = serde_json::from_str(&run.ok())
+        .unwrap_or_else(|e| panic!("doctor --json printed no JSON ({e})\n{explain}"));
+
+    assert_eq!(report["strategies"]["idmap"]["ok"], true, "{report:#}");
+    assert_eq!(report["strategies"]["user"]["ok"], true, "{report:#}");
+    assert_eq!(report["auto"], "idmap", "{report:#}");
+    assert_eq!(report["engine"]["kind"], "rootful", "{report:#}");
+    assert!(report["engine"]["server"].is_string(), "{report:#}");
+    assert!(
+        report["kernel"].as_str().is_some_and(|k| !k.is_empty()),
+        "{report:#}"
+    );
+    assert_eq!(report["path"]["path"], path, "{report:#}");
+    assert_eq!(report["path"]["idmap"], true, "{report:#}");
+    assert!(report["path"]["fs_type"].is_string(), "{report:#}");
+    for key in ["device", "openable", "passthrough"] {
+        assert!(report["fuse"][key].is_boolean(), "fuse.{key}: {report:#}");
+    }
+    assert!(report["security"]["apparmor"].is_boolean(), "{report:#}");
+    assert!(report["security"]["selinux"].is_string(), "{report:#}");
+    assert!(report["security"]["seccomp"].is_boolean(), "{report:#}");
+
+    assert_eq!(doctor_images().trim(), "", "the throwaway image was left");
+    assert_eq!(
+        leftovers(&dir),
+        Vec::<String>::new(),
+        "temp folders were left"
+    );
+}
+
+#[test]
+fn table_names_the_auto_strategy() {
+    let _lock = one_at_a_time();
+    let user = user1234();
+    let dir = TestDir::new(user, "doctor-table");
+    // PATH defaults to the working folder.
+    let out = ok(asme_as(user, &dir.path, &["doctor"]));
+    for row in [
+        "engine",
+        "kernel",
+        "path",
+        "fuse",
+        "strategy idmap",
+        "strategy user",
+    ] {
+        assert!(
+            out.lines().any(|l| l.starts_with(row)),
+            "no {row} row:\n{out}"
+        );
+    }
+    assert!(
+        out.lines()
+            .last()
+            .is_some_and(|l| l.starts_with("auto:") && l.contains("idmap")),
+        "{out}"
+    );
+    assert_eq!(doctor_images().trim(), "", "the throwaway image was left");
+    assert_eq!(
+        leftovers(&dir),
+        Vec::<String>::new(),
+        "temp folders were left"
+    );
+}
+
+#[test]
+fn no_engine_means_no_strategy_and_exit_1() {
+    let user = user1234();
+    let dir = TestDir::new(user, "doctor-noengine");
+    let mut cmd = asme_as(user, &dir.path, &["doctor", "--json"]);
+    cmd.env("DOCKER_HOST", "unix:///nonexistent/docker.sock");
+    let run = Run::of(cmd);
+    assert_eq!(run.code(), Some(1), "{}", run.explain());
+    let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert!(
+        report["engine"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("cannot reach the Docker engine")),
+        "{report:#}"
+    );
+    assert_eq!(report["strategies"]["idmap"]["detail"], "no engine");
+    assert_eq!(report["strategies"]["user"]["ok"], false);
+    assert_eq!(report["auto"], "none");
+}
