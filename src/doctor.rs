@@ -17,6 +17,7 @@ use serde_json::Value;
 
 use crate::cli::Cli;
 use crate::owner::{self, Owner};
+use crate::run::cache::Cache;
 use crate::run::engine::Docker;
 
 /// Where the self-test's folder appears inside its container.
@@ -379,16 +380,9 @@ struct Throwaway<'a> {
 
 impl<'a> Throwaway<'a> {
     fn import(docker: &'a Docker, exe: &Path) -> Result<Throwaway<'a>> {
-        let binary = std::fs::read(exe).with_context(|| format!("reading {}", exe.display()))?;
-        let mut tar = tar::Builder::new(Vec::new());
-        let mut header = tar::Header::new_gnu();
-        header.set_size(binary.len() as u64);
-        header.set_mode(0o755);
-        header.set_cksum();
-        tar.append_data(&mut header, "asme", binary.as_slice())?;
         let tag = format!("asme-doctor:{}", std::process::id());
         docker
-            .import(&tar.into_inner()?, &tag, &[])
+            .import_self(exe, &tag, &[])
             .context("importing the self-test image")?;
         Ok(Throwaway { docker, tag })
     }
@@ -403,6 +397,11 @@ impl Drop for Throwaway<'_> {
                 eprintln!("asme: warning: removing left-over container {id}");
                 let _ = self.docker.output(["rm", "-f", id]);
             }
+        }
+        // The runs cached what they learnt about this one-off image; it will not come back.
+        if let (Ok(Some(image)), Ok(cache)) = (self.docker.inspect_image(&self.tag), Cache::open())
+        {
+            cache.forget_image(&image.id);
         }
         if let Err(e) = self.docker.output(["image", "rm", &self.tag]) {
             eprintln!("asme: warning: removing image {}: {e:#}", self.tag);

@@ -498,10 +498,24 @@ fn the_agent_answers_only_for_the_peers_own_ids() {
     assert_eq!((meta.uid(), meta.mode() & 0o777), (0, 0o660));
     let connect = "import socket\ntry:\n socket.socket(socket.AF_UNIX).connect('/run/asme/agent.sock'); print('connected')\nexcept PermissionError: print('refused')";
     let mut outsider = Command::new("setpriv");
-    outsider.args(["--reuid=1234", "--regid=1234", "--clear-groups", "/usr/bin/python3", "-c", connect]);
+    outsider.args([
+        "--reuid=1234",
+        "--regid=1234",
+        "--clear-groups",
+        "/usr/bin/python3",
+        "-c",
+        connect,
+    ]);
     assert_eq!(ok(&mut outsider), "refused\n");
     let mut member = Command::new("setpriv");
-    member.args(["--reuid=1234", "--regid=1234", "--init-groups", "/usr/bin/python3", "-c", connect]);
+    member.args([
+        "--reuid=1234",
+        "--regid=1234",
+        "--init-groups",
+        "/usr/bin/python3",
+        "-c",
+        connect,
+    ]);
     assert_eq!(ok(&mut member), "connected\n");
 }
 

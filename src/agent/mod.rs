@@ -226,19 +226,9 @@ pub fn start(docker: &Docker, exe: &Path) -> Result<()> {
 fn agent_image(docker: &Docker, exe: &Path) -> Result<String> {
     let binary = std::fs::read(exe).with_context(|| format!("reading {}", exe.display()))?;
     let tag = format!("asme-agent:{:016x}", fnv1a(&binary));
-    if docker.inspect_image(&tag)?.is_some() {
-        return Ok(tag);
+    if docker.inspect_image(&tag)?.is_none() {
+        docker.import_self(exe, &tag, &[&format!("LABEL {LABEL}")])?;
     }
-    let mut tar = tar::Builder::new(Vec::new());
-    let mut header = tar::Header::new_gnu();
-    header.set_size(binary.len() as u64);
-    header.set_mode(0o755);
-    header.set_uid(0);
-    header.set_gid(0);
-    header.set_cksum();
-    tar.append_data(&mut header, "asme", binary.as_slice())?;
-    let tar = tar.into_inner()?;
-    docker.import(&tar, &tag, &[&format!("LABEL {LABEL}")])?;
     Ok(tag)
 }
 

@@ -49,11 +49,9 @@ impl Cache {
         image_id: &str,
         fetch: impl FnOnce() -> Result<ImageFacts>,
     ) -> Result<ImageFacts> {
-        let name = image_id.strip_prefix("sha256:").unwrap_or(image_id);
-        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        let Some(path) = self.image_file(image_id) else {
             bail!("unexpected image id '{image_id}'");
-        }
-        let path = self.root.join("images").join(format!("{name}.json"));
+        };
         if let Ok(text) = fs::read_to_string(&path)
             && let Ok(facts) = serde_json::from_str(&text)
         {
@@ -62,6 +60,20 @@ impl Cache {
         let facts = fetch()?;
         write_atomic(&path, serde_json::to_string(&facts)?.as_bytes())?;
         Ok(facts)
+    }
+
+    /// Drops what is cached about an image that is being removed.
+    pub fn forget_image(&self, image_id: &str) {
+        if let Some(path) = self.image_file(image_id) {
+            let _ = fs::remove_file(path);
+        }
+    }
+
+    /// Where the facts of an image id are kept; `None` for an id that is not a plain digest.
+    fn image_file(&self, image_id: &str) -> Option<PathBuf> {
+        let name = image_id.strip_prefix("sha256:").unwrap_or(image_id);
+        (!name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric()))
+            .then(|| self.root.join("images").join(format!("{name}.json")))
     }
 
     /// Host paths of passwd and group files with these contents, written once and shared.

@@ -216,6 +216,21 @@ impl Docker {
         Ok(())
     }
 
+    /// Imports an image that holds nothing but asme's own binary, at `/asme` (the agent's and
+    /// doctor's images: nothing is pulled).
+    pub fn import_self(&self, exe: &Path, tag: &str, changes: &[&str]) -> Result<()> {
+        let binary = std::fs::read(exe).with_context(|| format!("reading {}", exe.display()))?;
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_size(binary.len() as u64);
+        header.set_mode(0o755);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_cksum();
+        tar.append_data(&mut header, "asme", binary.as_slice())?;
+        self.import(&tar.into_inner()?, tag, changes)
+    }
+
     fn run_captured<I, S>(&self, args: I) -> Result<std::process::Output>
     where
         I: IntoIterator<Item = S>,
