@@ -170,6 +170,13 @@ impl Pty {
 
 #[test]
 fn interactive_tty_and_ctrl_c() {
+    // user: the shell runs as the owner; idmap: as the image's root.
+    for (strategy, name) in [("user", user1234().name.as_str()), ("idmap", "root")] {
+        interactive_session(strategy, name);
+    }
+}
+
+fn interactive_session(strategy: &str, expected_user: &str) {
     let user = user1234();
     let dir = TestDir::new(user, "tty");
     let pty = nix::pty::openpty(None, None).unwrap();
@@ -177,7 +184,15 @@ fn interactive_tty_and_ctrl_c() {
     let mut cmd = asme_as(
         user,
         &dir.path,
-        &["run", "-it", "--rm", &image("busybox"), "sh"],
+        &[
+            "--strategy",
+            strategy,
+            "run",
+            "-it",
+            "--rm",
+            &image("busybox"),
+            "sh",
+        ],
     );
     cmd.env("TERM", "xterm")
         .stdin(Stdio::from(slave.try_clone().unwrap()))
@@ -204,7 +219,10 @@ fn interactive_tty_and_ctrl_c() {
     // matches them.
     term.write("id -un; echo mark-$((6*7))\n");
     let before = term.expect("mark-42");
-    assert!(before.contains(&user.name), "{before:?}");
+    assert!(
+        before.contains(&format!("\r\n{expected_user}\r\n")),
+        "{before:?}"
+    );
     term.write("sh -c 'echo sleep$((1+1))ing; sleep 600; echo not-interrupted'\n");
     term.expect("sleep2ing");
     term.write("\x03");

@@ -1,4 +1,5 @@
-//! e2e: `asme run` with the `user` strategy on the real engine, run by ordinary host users.
+//! e2e: `asme run` on the real engine, run by ordinary host users: the `user` strategy, and
+//! what every strategy must keep of `docker run` (command, flags, exit codes, errors).
 
 mod testenv;
 
@@ -9,6 +10,26 @@ use testenv::{
     ContainerName, Run, TestDir, User, as_user, asme_as, assert_all_owned, docker, image, ok,
     user1000, user1234, users,
 };
+
+/// Every strategy, for the checks that do not depend on one.
+const STRATEGIES: [&str; 2] = ["user", "idmap"];
+
+/// `asme --strategy STRATEGY ARGS` run as `user` in `cwd`.
+fn asme_with(
+    strategy: &str,
+    user: &User,
+    cwd: &std::path::Path,
+    args: &[&str],
+) -> std::process::Command {
+    let mut argv = vec!["--strategy", strategy];
+    argv.extend_from_slice(args);
+    asme_as(user, cwd, &argv)
+}
+
+/// `asme --strategy user ARGS`: most of this file is about the user strategy.
+fn asme_user(user: &User, cwd: &std::path::Path, args: &[&str]) -> std::process::Command {
+    asme_with("user", user, cwd, args)
+}
 
 /// A script that writes every kind of entry into the mount.
 const WRITE_EVERYTHING: &str = "set -e; mkdir -p a/b/c; echo x > a/b/c/f; touch top; \
@@ -21,7 +42,7 @@ fn writes_into_bind_mounts_belong_to_the_user() {
         for img in ["busybox", "nopasswd", "user1000", "debian"] {
             let dir = TestDir::new(user, &format!("own-{img}"));
             let mount = format!("{}:/w", dir.path.display());
-            let out = ok(asme_as(
+            let out = ok(asme_user(
                 user,
                 &dir.path,
                 &[
@@ -52,7 +73,7 @@ fn account(user: &User, args: &[&str]) -> Vec<String> {
     let mut argv = vec!["run", "--rm"];
     argv.extend_from_slice(args);
     argv.extend_from_slice(&["sh", "-c", ACCOUNT]);
-    ok(asme_as(user, &dir.path, &argv))
+    ok(asme_user(user, &dir.path, &argv))
         .lines()
         .map(str::to_string)
         .collect()
@@ -98,7 +119,7 @@ fn an_image_user_at_the_owners_uid_is_reused() {
         ]
     );
     let dir = TestDir::new(user1000(), "groups");
-    let groups = ok(asme_as(
+    let groups = ok(asme_user(
         user1000(),
         &dir.path,
         &["run", "--rm", &image("user1000"), "id", "-G"],
@@ -108,7 +129,7 @@ fn an_image_user_at_the_owners_uid_is_reused() {
         "supplementary group audio missing: {groups}"
     );
     // The image's .profile is still there: HOME is the image's folder, not a tmpfs over it.
-    ok(asme_as(
+    ok(asme_user(
         user1000(),
         &dir.path,
         &[
@@ -131,7 +152,7 @@ fn an_image_user_at_another_uid_is_not_borrowed() {
     assert_eq!(lines[2], "1234");
     let dir = TestDir::new(user, "user1000-as-1234");
     let mount = format!("{}:/w", dir.path.display());
-    ok(asme_as(
+    ok(asme_user(
         user,
         &dir.path,
         &[
@@ -157,7 +178,7 @@ fn debian_tools_work_python_home_and_git_commit() {
              git config --global user.email me@example.org; git config --global user.name Me; \
              git init -q repo; cd repo; echo hi > README; git add README; git commit -qm first; \
              git log --format=%s";
-        let out = ok(asme_as(
+        let out = ok(asme_user(
             user,
             &dir.path,
             &[
@@ -183,7 +204,7 @@ fn read_only_root_filesystem() {
     let user = user1234();
     let dir = TestDir::new(user, "ro");
     let mount = format!("{}:/w", dir.path.display());
-    let out = ok(asme_as(
+    let out = ok(asme_user(
         user,
         &dir.path,
         &[
@@ -208,7 +229,7 @@ fn docker_exec_runs_as_the_owner_too() {
     let dir = TestDir::new(user, "exec");
     let name = ContainerName::new("exec");
     let mount = format!("{}:/w", dir.path.display());
-    ok(asme_as(
+    ok(asme_user(
         user,
         &dir.path,
         &[
@@ -239,7 +260,7 @@ fn docker_exec_runs_as_the_owner_too() {
 fn root_cannot_be_regained() {
     let user = user1000();
     let dir = TestDir::new(user, "caps");
-    let out = ok(asme_as(
+    let out = ok(asme_user(
         user,
         &dir.path,
         &[
@@ -261,7 +282,7 @@ fn explicit_user_is_honoured() {
     let user = user1000();
     let dir = TestDir::new(user, "explicit");
     let mount = format!("{}:/w", dir.path.display());
-    let run = Run::of(asme_as(
+    let run = Run::of(asme_user(
         user,
         &dir.path,
         &[
@@ -328,8 +349,10 @@ fn image_entrypoint_cmd_workdir_env_are_kept() {
         let want = ok(as_user(user, &dir.path).arg("docker").args(&plain));
         let mut asme = vec!["run", "--rm"];
         asme.extend_from_slice(case);
-        let got = ok(asme_as(user, &dir.path, &asme));
-        assert_eq!(got, want, "case {case:?}");
+        for strategy in STRATEGIES {
+            let got = ok(asme_with(strategy, user, &dir.path, &asme));
+            assert_eq!(got, want, "strategy {strategy}, case {case:?}");
+        }
     }
 }
 
@@ -338,37 +361,43 @@ fn env_and_flags_pass_through() {
     let user = user1000();
     let dir = TestDir::new(user, "flags");
     fs::write(dir.join("env"), "FROM_FILE=1\n").unwrap();
-    let name = ContainerName::new("flags");
-    let out = ok(asme_as(
-        user,
-        &dir.path,
-        &[
-            "run",
-            "--rm",
-            "-e",
-            "A=1",
-            "--env=B=2",
-            "--env-file",
-            "env",
-            "--name",
-            &name.0,
-            "--network",
-            "none",
-            "-w",
-            "/tmp",
-            "--hostname",
-            "box",
-            "--init",
-            &image("busybox"),
-            "sh",
-            "-c",
-            "echo $A$B$FROM_FILE; pwd; hostname; tr '\\0' ' ' </proc/1/cmdline",
-        ],
-    ));
-    assert_eq!(
-        out,
-        "121\n/tmp\nbox\n/.asme-init init -- sh -c echo $A$B$FROM_FILE; pwd; hostname; tr '\\0' ' ' </proc/1/cmdline "
-    );
+    let bb = image("busybox");
+    let script = "echo $A$B$FROM_FILE; pwd; hostname; tr '\\0' ' ' </proc/1/cmdline";
+    for strategy in STRATEGIES {
+        let name = ContainerName::new("flags");
+        let out = ok(asme_with(
+            strategy,
+            user,
+            &dir.path,
+            &[
+                "run",
+                "--rm",
+                "-e",
+                "A=1",
+                "--env=B=2",
+                "--env-file",
+                "env",
+                "--name",
+                &name.0,
+                "--network",
+                "none",
+                "-w",
+                "/tmp",
+                "--hostname",
+                "box",
+                "--init",
+                &bb,
+                "sh",
+                "-c",
+                script,
+            ],
+        ));
+        assert_eq!(
+            out,
+            format!("121\n/tmp\nbox\n/.asme-init init -- sh -c {script} "),
+            "{strategy}"
+        );
+    }
 }
 
 #[test]
@@ -413,15 +442,17 @@ fn exit_codes_match_docker_run() {
             "plain docker disagrees with the table\n{}",
             plain.explain()
         );
-        let run = Run::of(&mut asme_as(user, &dir.path, args));
-        assert_eq!(run.code(), Some(*want), "{}", run.explain());
+        for strategy in STRATEGIES {
+            let run = Run::of(&mut asme_with(strategy, user, &dir.path, args));
+            assert_eq!(run.code(), Some(*want), "{}", run.explain());
+        }
     }
     // Under plain docker the command is PID 1, which the kernel shields from its own default
     // signals; under asme it is not, so a command killed by signal N exits 128+N, as docker
     // reports for any other process.
     for (sig, want) in [("TERM", 143), ("KILL", 137), ("INT", 130)] {
         let script = format!("kill -{sig} $$");
-        let run = Run::of(&mut asme_as(
+        let run = Run::of(&mut asme_user(
             user,
             &dir.path,
             &["run", "--rm", &bb, "sh", "-c", &script],
@@ -451,7 +482,7 @@ fn own_errors_are_one_line() {
         (&[], &["run"], "requires at least 1 argument"),
     ];
     for (env, args, needle) in cases {
-        let mut cmd = asme_as(user, &dir.path, args);
+        let mut cmd = asme_user(user, &dir.path, args);
         cmd.envs(env.iter().copied());
         let run = Run::of(&mut cmd);
         assert_ne!(run.code(), Some(0), "{}", run.explain());
@@ -496,21 +527,24 @@ fn the_host_binary_cannot_be_changed_from_inside() {
     let before = fs::read(exe).unwrap();
     let user = user1000();
     let dir = TestDir::new(user, "binary");
-    let out = ok(asme_as(
-        user,
-        &dir.path,
-        &[
-            "run",
-            "--rm",
-            "--user",
-            "0",
-            &image("busybox"),
-            "sh",
-            "-c",
-            "echo x >> /.asme-init && echo wrote-init; echo x >> /proc/1/exe && echo wrote-exe; \
+    for strategy in STRATEGIES {
+        let out = ok(asme_with(
+            strategy,
+            user,
+            &dir.path,
+            &[
+                "run",
+                "--rm",
+                "--user",
+                "0",
+                &image("busybox"),
+                "sh",
+                "-c",
+                "echo x >> /.asme-init && echo wrote-init; echo x >> /proc/1/exe && echo wrote-exe; \
          rm -f /.asme-init && echo removed; echo tried",
-        ],
-    ));
-    assert_eq!(out, "tried\n");
+            ],
+        ));
+        assert_eq!(out, "tried\n");
+    }
     assert!(fs::read(exe).unwrap() == before, "the host binary changed");
 }
