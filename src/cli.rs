@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::owner::OwnerSpec;
 
 /// Run containers as me: what a container writes into your folders stays yours.
-#[derive(Debug, Parser)]
+#[derive(Debug, Clone, Parser)]
 #[command(name = "asme", version, max_term_width = 100)]
 pub struct Cli {
     /// How bind-mount writes are made to belong to the owner.
@@ -31,7 +31,7 @@ pub struct Cli {
     pub command: Command,
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 pub enum Command {
     /// Run a container like `docker run`; files it writes into bind mounts belong to you.
     ///
@@ -77,6 +77,13 @@ pub enum Command {
     #[command(hide = true)]
     DoctorWrite { path: PathBuf },
 
+    /// Give a tree that containers left root-owned back to its owner, safely, without sudo.
+    ///
+    /// Never follows a symlink, never changes a hard-linked file or enters another
+    /// filesystem unless asked, and acts on exactly what it examined. Without root, the walk
+    /// runs as root in a throwaway container from asme's own image.
+    Fix(FixArgs),
+
     /// The idmap agent: the container that makes idmapped mounts for `asme run`.
     Agent {
         #[command(subcommand)]
@@ -84,7 +91,39 @@ pub enum Command {
     },
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Debug, Clone, clap::Args)]
+pub struct FixArgs {
+    /// Whose the entries become: UID[:GID], or `from-path` for the owner of each PATH
+    /// [default: you; under sudo, the user who ran sudo]
+    #[arg(long, value_name = "UID[:GID]|from-path")]
+    pub owner: Option<String>,
+
+    /// Also take entries owned by any other user or group, not only root's.
+    #[arg(long)]
+    pub all: bool,
+
+    /// Say what would change, change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Enter filesystems mounted inside PATH.
+    #[arg(long)]
+    pub cross_mounts: bool,
+
+    /// Change hard-linked files too (another name of theirs may be outside PATH).
+    #[arg(long)]
+    pub follow_hardlinks: bool,
+
+    /// (inside asme's container) DEV:INO that each PATH must have.
+    #[arg(long, hide = true, value_delimiter = ',')]
+    pub expect: Vec<String>,
+
+    /// Folders to give back.
+    #[arg(required = true, value_name = "PATH")]
+    pub paths: Vec<std::path::PathBuf>,
+}
+
+#[derive(Debug, Clone, Subcommand)]
 pub enum AgentCommand {
     /// Stop the agent and remove its container and image (it starts again when needed).
     Stop,

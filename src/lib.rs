@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod cli;
 pub mod doctor;
+pub mod fix;
 pub mod identity;
 pub mod idmap;
 pub mod init;

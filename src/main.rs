@@ -6,10 +6,13 @@ use clap::Parser as _;
 
 use asme::cli::{AgentCommand, Cli, Command};
 use asme::run::engine::Docker;
-use asme::{agent, doctor, init, run};
+use asme::{agent, doctor, fix, init, run};
 
 /// docker run's own exit code for errors of the run itself (not of the command).
 const EXIT_RUN_FAILED: u8 = 125;
+
+/// Exit code when a command other than `run` fails, or did part of its work.
+const EXIT_FAILURE: u8 = 1;
 
 /// Exit code for a command line asme cannot parse (clap's convention).
 const EXIT_USAGE: u8 = 2;
@@ -30,6 +33,16 @@ fn main() -> ExitCode {
         Command::Init { ref argv } => return exit_with(init::run(argv)),
         Command::Probe => init::probe::main(),
         Command::Run { ref args } => run::run(&cli, args),
+        Command::Fix(ref args) => {
+            return match fix::main(&cli, args) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::from(EXIT_FAILURE),
+                Err(err) => {
+                    eprintln!("asme: {err:#}");
+                    ExitCode::from(EXIT_FAILURE)
+                }
+            };
+        }
         Command::Doctor { ref path, json } => return doctor::main(&cli, path.as_deref(), json),
         Command::DoctorWrite { ref path } => doctor::write_probe(path),
         Command::Agent {

@@ -610,7 +610,7 @@ fn agent_stop_removes_it() {
             .status
             .success()
     );
-    let images = ok(docker(&["images", "-q", "--filter", "label=asme.agent=1"]));
+    let images = ok(docker(&["images", "-q", "--filter", "label=asme.image=1"]));
     assert_eq!(images.trim(), "");
     // And it comes back on demand.
     idmap_run(

@@ -19,8 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 
 use crate::owner::Owner;
-use crate::run::cache::fnv1a;
-use crate::run::engine::Docker;
+use crate::run::engine::{Docker, SELF_IMAGE_LABEL};
 use crate::sys::socket;
 use protocol::{ErrorKind, PROTOCOL, Request, Response, SOCKET};
 
@@ -183,7 +182,7 @@ fn agent_log(docker: &Docker) -> String {
 /// group (CHOWN). No network, a read-only root, no restart policy. A stopped agent is kept
 /// until the next start (its log explains why it stopped) or `asme agent stop`.
 pub fn start(docker: &Docker, exe: &Path) -> Result<()> {
-    let image = agent_image(docker, exe)?;
+    let image = docker.self_image(exe)?;
     if docker.output(["container", "inspect", CONTAINER]).is_ok() && !is_running(docker) {
         docker.output(["rm", "-f", CONTAINER])?;
     }
@@ -221,19 +220,8 @@ pub fn start(docker: &Docker, exe: &Path) -> Result<()> {
     }
 }
 
-/// The agent's image: asme's own binary alone, imported from a tar stream (nothing pulled),
-/// tagged by the binary's content.
-fn agent_image(docker: &Docker, exe: &Path) -> Result<String> {
-    let binary = std::fs::read(exe).with_context(|| format!("reading {}", exe.display()))?;
-    let tag = format!("asme-agent:{:016x}", fnv1a(&binary));
-    if docker.inspect_image(&tag)?.is_none() {
-        docker.import_self(exe, &tag, &[&format!("LABEL {LABEL}")])?;
-    }
-    Ok(tag)
-}
-
 /// `asme agent stop`: stops the agent (it detaches every lease on its way out) and removes
-/// its container and images.
+/// its container and asme's images.
 pub fn stop(docker: &Docker) -> Result<()> {
     for step in [
         &["stop", "--time", "10", CONTAINER][..],
@@ -245,7 +233,12 @@ pub fn stop(docker: &Docker) -> Result<()> {
             Err(e) => return Err(e.context("stopping the asme agent")),
         }
     }
-    let images = docker.output(["images", "-q", "--filter", &format!("label={LABEL}")])?;
+    let images = docker.output([
+        "images",
+        "-q",
+        "--filter",
+        &format!("label={SELF_IMAGE_LABEL}"),
+    ])?;
     for id in images.split_whitespace() {
         let _ = docker.output(["image", "rm", "-f", id]);
     }

@@ -16,6 +16,9 @@ use serde::Deserialize;
 
 use crate::init::probe::ImageFacts;
 
+/// Label of asme's own images, so that `asme agent stop` can remove them all.
+pub const SELF_IMAGE_LABEL: &str = "asme.image=1";
+
 /// Where the injected asme binary appears inside containers.
 pub const INIT_PATH: &str = "/.asme-init";
 
@@ -181,6 +184,15 @@ impl Docker {
             .with_context(|| format!("reading the probe of image {image_id}"))
     }
 
+    /// Runs `docker ARGV` with this terminal and returns its exit status.
+    pub fn status(&self, argv: &[String]) -> Result<i32> {
+        let status = Command::new(&self.program)
+            .args(argv)
+            .status()
+            .context("running docker")?;
+        Ok(status.code().unwrap_or(125))
+    }
+
     /// Replaces this process with `docker ARGV`: from here on docker's own behaviour (tty,
     /// signal proxy, `--rm`, exit status) is exactly what the user gets.
     pub fn exec(&self, argv: &[String]) -> anyhow::Error {
@@ -214,6 +226,17 @@ impl Docker {
             return Err(cli_error(&String::from_utf8_lossy(&output.stderr)));
         }
         Ok(())
+    }
+
+    /// asme's own image (its binary alone, at `/asme`), imported once per binary content; the
+    /// agent and `asme fix` run in containers of it.
+    pub fn self_image(&self, exe: &Path) -> Result<String> {
+        let binary = std::fs::read(exe).with_context(|| format!("reading {}", exe.display()))?;
+        let tag = format!("asme:{:016x}", crate::run::cache::fnv1a(&binary));
+        if self.inspect_image(&tag)?.is_none() {
+            self.import_self(exe, &tag, &[&format!("LABEL {SELF_IMAGE_LABEL}")])?;
+        }
+        Ok(tag)
     }
 
     /// Imports an image that holds nothing but asme's own binary, at `/asme` (the agent's and

@@ -298,7 +298,8 @@ fn root_owned_folder(dir: BorrowedFd<'_>) -> Option<String> {
     None
 }
 
-fn invoking_owner(cli: &Cli) -> Result<Owner> {
+/// The owner for this invocation: `--owner`, sudo's user, or the real ids.
+pub fn invoking_owner(cli: &Cli) -> Result<Owner> {
     let host_passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
     let sudo_uid = std::env::var("SUDO_UID").ok();
     let sudo_gid = std::env::var("SUDO_GID").ok();

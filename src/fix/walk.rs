@@ -1,0 +1,208 @@
+//! The parallel walker: every folder is a rayon task, stolen by whichever core is free.
+//!
+//! A task holds its parent's descriptor and the folder's name, opens the folder relative to
+//! the parent (no symlinks, no other filesystem unless asked), acts on it through that
+//! descriptor, lists it, and hands its subfolders on as new tasks. Every other entry is
+//! opened O_PATH|O_NOFOLLOW, stat'ed and chowned through the same descriptor, so what is
+//! changed is exactly what was examined, whatever happens to the names meanwhile. Open
+//! descriptors stay bounded by the folders that still have work pending.
+
+use std::ffi::{CStr, CString, OsStr};
+use std::io;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rustix::fs::{FileType, RawDir};
+
+use super::{Action, Policy, Skip, decide};
+use crate::sys::fs::{self as sysfs, Inode};
+
+/// Counters, shared by all workers.
+#[derive(Debug, Default)]
+pub struct Tally {
+    pub entries: AtomicU64,
+    pub changed: AtomicU64,
+    pub fine: AtomicU64,
+    pub hard_linked: AtomicU64,
+    pub other_filesystem: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+/// One walk over one tree.
+pub struct Walk<'a> {
+    policy: &'a Policy,
+    /// The device of the tree's top: entries elsewhere are other filesystems.
+    dev: u64,
+    pub tally: &'a Tally,
+}
+
+impl<'a> Walk<'a> {
+    /// Walks the tree whose top folder is `top` (already opened), the top included.
+    pub fn run(policy: &'a Policy, tally: &'a Tally, top: OwnedFd, path: &Path) -> io::Result<()> {
+        let inode = sysfs::stat(top.as_fd())?;
+        let walk = Walk {
+            policy,
+            dev: inode.dev,
+            tally,
+        };
+        tally.entries.fetch_add(1, Ordering::Relaxed);
+        walk.act(top.as_fd(), inode, path);
+        let top = Arc::new(top);
+        rayon::scope(|scope| walk.list(scope, &top, path));
+        Ok(())
+    }
+
+    /// Lists folder `dir` and works on its entries; subfolders become tasks.
+    fn list<'s>(&'s self, scope: &rayon::Scope<'s>, dir: &Arc<OwnedFd>, path: &Path) {
+        let mut buf = [MaybeUninit::<u8>::uninit(); 32 * 1024];
+        let mut entries = RawDir::new(dir.as_fd(), &mut buf);
+        while let Some(entry) = entries.next() {
+            let entry = match entry {
+                Ok(entry) => entry,
+                Err(e) => {
+                    self.error(path, "listing", e.into());
+                    return;
+                }
+            };
+            let name = entry.file_name();
+            if name == c"." || name == c".." {
+                continue;
+            }
+            if entry.file_type() == FileType::Directory {
+                let parent = Arc::clone(dir);
+                let name = name.to_owned();
+                let child = path.join(OsStr::from_bytes(name.as_bytes()));
+                scope.spawn(move |scope| self.folder(scope, &parent, &name, &child));
+            } else {
+                self.entry(scope, dir, name, path);
+            }
+        }
+    }
+
+    /// A subfolder: open it safely, act on it, list it.
+    fn folder<'s>(
+        &'s self,
+        scope: &rayon::Scope<'s>,
+        parent: &Arc<OwnedFd>,
+        name: &CString,
+        path: &Path,
+    ) {
+        self.tally.entries.fetch_add(1, Ordering::Relaxed);
+        match sysfs::open_dir(parent.as_fd(), name, self.policy.cross_mounts) {
+            Ok(dir) => {
+                let inode = match sysfs::stat(dir.as_fd()) {
+                    Ok(inode) => inode,
+                    Err(e) => return self.error(path, "reading", e),
+                };
+                if inode.dev != self.dev && !self.policy.cross_mounts {
+                    return self.skip(path, Skip::OtherFilesystem);
+                }
+                self.act(dir.as_fd(), inode, path);
+                self.list(scope, &Arc::new(dir), path);
+            }
+            // Swapped for a symlink or a file since it was listed: it is that now.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)) => {
+                self.tally.entries.fetch_sub(1, Ordering::Relaxed);
+                let parent_path = path.parent().unwrap_or(path);
+                self.leaf(parent.as_fd(), name, parent_path);
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+                self.skip(path, Skip::OtherFilesystem)
+            }
+            // Gone since it was listed: nothing to do.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => self.error(path, "opening", e),
+        }
+    }
+
+    /// A listed entry that is not a folder (or whose type the listing did not say).
+    fn entry<'s>(&'s self, scope: &rayon::Scope<'s>, dir: &Arc<OwnedFd>, name: &CStr, path: &Path) {
+        // A folder after all (a filesystem without d_type, or swapped in): walk it.
+        if self.leaf(dir.as_fd(), name, path) == Some(FileType::Directory) {
+            let (parent, name) = (Arc::clone(dir), name.to_owned());
+            let child = path.join(OsStr::from_bytes(name.as_bytes()));
+            scope.spawn(move |scope| self.folder(scope, &parent, &name, &child));
+        }
+    }
+
+    /// Opens `name` without following or opening it, and acts on that very inode. Returns
+    /// its type when it turned out to be a folder (not acted on here).
+    fn leaf(&self, dir: BorrowedFd<'_>, name: &CStr, dir_path: &Path) -> Option<FileType> {
+        let path = || dir_path.join(OsStr::from_bytes(name.to_bytes()));
+        let fd = match sysfs::open_entry(dir, name) {
+            Ok(fd) => fd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
+            Err(e) => {
+                self.error(&path(), "opening", e);
+                return None;
+            }
+        };
+        let inode = match sysfs::stat(fd.as_fd()) {
+            Ok(inode) => inode,
+            Err(e) => {
+                self.error(&path(), "reading", e);
+                return None;
+            }
+        };
+        if inode.kind == FileType::Directory {
+            return Some(FileType::Directory);
+        }
+        self.tally.entries.fetch_add(1, Ordering::Relaxed);
+        if inode.dev != self.dev && !self.policy.cross_mounts {
+            // A file bind-mounted over an entry.
+            self.skip(&path(), Skip::OtherFilesystem);
+            return None;
+        }
+        self.act(fd.as_fd(), inode, &path());
+        None
+    }
+
+    /// Applies the policy to one inode, through its descriptor.
+    fn act(&self, fd: BorrowedFd<'_>, inode: Inode, path: &Path) {
+        match decide(self.policy, &inode) {
+            Action::Fine => {
+                self.tally.fine.fetch_add(1, Ordering::Relaxed);
+            }
+            Action::Skip(reason) => self.skip(path, reason),
+            Action::Chown { uid, gid } => {
+                if !self.policy.dry_run
+                    && let Err(e) = sysfs::chown(fd, uid, gid)
+                {
+                    return self.error(path, "changing the owner of", e);
+                }
+                self.tally.changed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn skip(&self, path: &Path, reason: Skip) {
+        let counter = match reason {
+            Skip::HardLinked(_) => &self.tally.hard_linked,
+            Skip::OtherFilesystem => &self.tally.other_filesystem,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        super::report(&format!("skipped {}: {reason}", quoted(path)));
+    }
+
+    fn error(&self, path: &Path, what: &str, e: io::Error) {
+        self.tally.errors.fetch_add(1, Ordering::Relaxed);
+        let hint = if e.kind() == io::ErrorKind::PermissionDenied {
+            " (not readable by you)"
+        } else {
+            ""
+        };
+        super::report(&format!("error {what} {}: {e}{hint}", quoted(path)));
+    }
+}
+
+/// A path for a message: names may hold newlines or invalid UTF-8, which must not break the
+/// one-line-per-problem output.
+pub fn quoted(path: &Path) -> String {
+    format!("{:?}", path.as_os_str())
+        .trim_matches('"')
+        .to_string()
+}

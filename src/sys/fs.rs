@@ -1,0 +1,104 @@
+//! Descriptor-relative file operations for walking a tree that someone else may be changing.
+//!
+//! Every function works on one name relative to a directory descriptor and never follows a
+//! symbolic link, so a folder swapped for a link to /etc mid-walk cannot redirect anything
+//! (the approach of GNU chown's `restricted_chown` and uutils' safe traversal).
+
+use std::ffi::CStr;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Stat};
+
+/// Opens the directory `name` in `dir` for reading its entries.
+///
+/// # Errors
+/// ELOOP or ENOTDIR when `name` is (now) a symlink or not a directory; EXDEV when it is a
+/// mount point and `cross_mounts` is false; EACCES when it cannot be read.
+pub fn open_dir(dir: BorrowedFd<'_>, name: &CStr, cross_mounts: bool) -> io::Result<OwnedFd> {
+    let mut resolve =
+        ResolveFlags::NO_SYMLINKS | ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS;
+    if !cross_mounts {
+        resolve |= ResolveFlags::NO_XDEV;
+    }
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    Ok(rustix::fs::openat2(
+        dir,
+        name,
+        flags,
+        Mode::empty(),
+        resolve,
+    )?)
+}
+
+/// Opens whatever `name` in `dir` is, without opening it for I/O (O_PATH|O_NOFOLLOW): a symlink
+/// yields the link itself, a fifo or device is not opened, and nothing is read.
+pub fn open_entry(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<OwnedFd> {
+    let flags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    Ok(rustix::fs::openat(dir, name, flags, Mode::empty())?)
+}
+
+/// Opens a starting folder by path for a walk.
+pub fn open_top(path: &std::path::Path) -> io::Result<OwnedFd> {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    Ok(rustix::fs::open(path, flags, Mode::empty())?)
+}
+
+/// What a walk needs to know of one inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Inode {
+    pub dev: u64,
+    pub ino: u64,
+    pub kind: FileType,
+    pub uid: u32,
+    pub gid: u32,
+    pub nlink: u64,
+}
+
+pub fn stat(fd: BorrowedFd<'_>) -> io::Result<Inode> {
+    let st: Stat = rustix::fs::fstat(fd)?;
+    Ok(Inode {
+        dev: st.st_dev,
+        ino: st.st_ino,
+        kind: FileType::from_raw_mode(st.st_mode),
+        uid: st.st_uid,
+        gid: st.st_gid,
+        nlink: st.st_nlink,
+    })
+}
+
+/// Changes the owner of exactly the inode `fd` refers to (fchownat with AT_EMPTY_PATH works on
+/// O_PATH descriptors, symlinks included, where fchown(2) does not).
+pub fn chown(fd: BorrowedFd<'_>, uid: u32, gid: u32) -> io::Result<()> {
+    let (uid, gid) = (
+        rustix::fs::Uid::from_raw(uid),
+        rustix::fs::Gid::from_raw(gid),
+    );
+    Ok(rustix::fs::chownat(
+        fd,
+        c"",
+        Some(uid),
+        Some(gid),
+        AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW,
+    )?)
+}
+
+/// Raises the soft limit on open files to the hard limit: a parallel walk keeps one
+/// descriptor per folder whose entries are still being worked on.
+pub fn raise_open_files_limit() {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    if let Some(max) = limit.maximum {
+        let _ = rustix::process::setrlimit(
+            rustix::process::Resource::Nofile,
+            rustix::process::Rlimit {
+                current: Some(max),
+                maximum: Some(max),
+            },
+        );
+    }
+}
+
+/// Whether this is a directory descriptor we can list (for error messages on a walk's top).
+pub fn is_directory(fd: impl AsFd) -> bool {
+    stat(fd.as_fd()).is_ok_and(|i| i.kind == FileType::Directory)
+}
