@@ -177,6 +177,8 @@ fn interactive_tty_and_ctrl_c() {
 }
 
 fn interactive_session(strategy: &str, expected_user: &str) {
+    // Named, so that a failing test does not leave the shell's container waiting for input.
+    let name = ContainerName::new("tty");
     let user = user1234();
     let dir = TestDir::new(user, "tty");
     let pty = nix::pty::openpty(None, None).unwrap();

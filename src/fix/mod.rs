@@ -161,7 +161,9 @@ pub fn main(cli: &Cli, args: &FixArgs) -> Result<bool> {
             dry_run: args.dry_run,
         });
     }
-    if is_root {
+    // A dry run changes nothing, so it needs no privilege: an ordinary user walks with their
+    // own rights (and hears about the folders they cannot read).
+    if is_root || args.dry_run {
         let expect = args
             .expect
             .iter()

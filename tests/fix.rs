@@ -1,0 +1,350 @@
+//! e2e: `asme fix` on trees that a malicious container polluted, run by an ordinary user
+//! (through the engine) and by root (in-process).
+
+mod testenv;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use testenv::{Run, TestDir, asme_as, docker, image, ok, user1234};
+
+/// uid, gid and mode of every entry under `root` (not following symlinks), for before/after
+/// comparisons.
+fn listing(root: &Path) -> BTreeMap<PathBuf, (u32, u32, u32)> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let Ok(meta) = fs::symlink_metadata(&p) else {
+            continue;
+        };
+        out.insert(p.clone(), (meta.uid(), meta.gid(), meta.mode()));
+        if meta.is_dir() {
+            for e in fs::read_dir(&p).into_iter().flatten().flatten() {
+                stack.push(e.path());
+            }
+        }
+    }
+    out
+}
+
+/// What lies outside the trees and must never change: the files a symlink or hard link in
+/// the trees points at, and /etc.
+struct Outside {
+    dir: PathBuf,
+    before: BTreeMap<PathBuf, (u32, u32, u32)>,
+}
+
+impl Outside {
+    fn new(label: &str) -> Outside {
+        let dir = PathBuf::from(format!(
+            "/tmp/asme-e2e/outside-{label}-{}",
+            std::process::id()
+        ));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("secret"), "root's\n").unwrap();
+        fs::create_dir(dir.join("rootdir")).unwrap();
+        fs::write(dir.join("rootdir/file"), "x").unwrap();
+        let mut outside = Outside {
+            dir,
+            before: BTreeMap::new(),
+        };
+        outside.before = outside.snapshot();
+        outside
+    }
+
+    fn snapshot(&self) -> BTreeMap<PathBuf, (u32, u32, u32)> {
+        let mut all = listing(&self.dir);
+        all.extend(listing(Path::new("/etc")));
+        all
+    }
+
+    fn assert_unchanged(&self) {
+        let after = self.snapshot();
+        let changed: Vec<_> = after
+            .iter()
+            .filter(|(p, v)| self.before.get(*p) != Some(v))
+            .collect();
+        assert!(changed.is_empty(), "changed outside the tree: {changed:?}");
+    }
+}
+
+impl Drop for Outside {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A root container writes everything a build might, plus every trap it could set.
+fn pollute(dir: &Path, outside: &Path) {
+    let mount = format!("{}:/w", dir.display());
+    let script = r#"set -e; cd /w
+        mkdir -p build/obj/deep; echo x > build/obj/deep/a.o; touch build/out
+        ln -s /etc/shadow build/shadow-link; ln -s /outside build/dir-link
+        mkfifo build/fifo; mknod build/null c 1 3
+        python3 -c "import socket; socket.socket(socket.AF_UNIX).bind('/w/build/sock')"
+        touch "build/new
+line"; touch "$(printf 'build/bad-\377-utf8')"
+        mkdir build/locked; touch build/locked/inside; chmod 000 build/locked
+        mkdir -p other; touch other/by-999; chown 999:999 other/by-999"#;
+    ok(docker(&[
+        "run",
+        "--rm",
+        "-v",
+        &mount,
+        &image("debian"),
+        "bash",
+        "-c",
+        script,
+    ]));
+    // A hard link to a root-owned file outside the tree (made by root on the host: link(2)
+    // cannot cross the container's mounts).
+    fs::hard_link(outside.join("secret"), dir.join("build/hard-out")).unwrap();
+}
+
+fn fix_as_user(dir: &Path, args: &[&str]) -> Run {
+    let mut argv = vec!["fix"];
+    argv.extend_from_slice(args);
+    Run::of(asme_as(user1234(), dir, &argv))
+}
+
+#[test]
+fn an_ordinary_user_gets_the_tree_back_and_nothing_else_changes() {
+    let user = user1234();
+    let dir = TestDir::new(user, "fix");
+    let outside = Outside::new("user");
+    pollute(&dir.path, &outside.dir);
+    let run = fix_as_user(&dir.path, &["build", "other"]);
+    assert_eq!(run.code(), Some(0), "{}", run.explain());
+    // One summary line per tree on stdout; the hard link is skipped and said so.
+    assert_eq!(
+        run.stdout
+            .lines()
+            .filter(|l| l.starts_with("asme fix: "))
+            .count(),
+        2,
+        "{}",
+        run.explain()
+    );
+    assert!(
+        run.stderr.contains("build/hard-out") && run.stderr.contains("hard links"),
+        "{}",
+        run.explain()
+    );
+    for (path, (uid, gid, _)) in listing(&dir.path) {
+        if path.ends_with("hard-out") {
+            assert_eq!(
+                (uid, gid),
+                (0, 0),
+                "the hard-linked file must be left alone"
+            );
+        } else if path.ends_with("by-999") {
+            assert_eq!(
+                (uid, gid),
+                (999, 999),
+                "not root's: left alone without --all"
+            );
+        } else {
+            assert_eq!((uid, gid), (user.uid, user.gid), "{}", path.display());
+        }
+    }
+    // The locked folder was entered (the walk runs as root in the container).
+    assert_eq!(
+        fs::symlink_metadata(dir.join("build/locked/inside"))
+            .unwrap()
+            .uid(),
+        user.uid
+    );
+    outside.assert_unchanged();
+}
+
+#[test]
+fn all_dry_run_and_refusals() {
+    let user = user1234();
+    let dir = TestDir::new(user, "fix-opts");
+    let outside = Outside::new("opts");
+    pollute(&dir.path, &outside.dir);
+    let before = listing(&dir.path);
+    // --dry-run changes nothing; as an ordinary user it walks with the user's own rights, so
+    // the locked folder is reported, not entered.
+    let run = fix_as_user(&dir.path, &["--dry-run", "build"]);
+    assert_eq!(listing(&dir.path), before);
+    assert!(run.stdout.contains("would change"), "{}", run.explain());
+    assert!(run.stderr.contains("build/locked"), "{}", run.explain());
+    assert_eq!(
+        run.code(),
+        Some(1),
+        "an unreadable folder is an error\n{}",
+        run.explain()
+    );
+    // --all takes other users' entries too.
+    fix_as_user(&dir.path, &["--all", "other"]).ok();
+    assert_eq!(
+        fs::metadata(dir.join("other/by-999")).unwrap().uid(),
+        user.uid
+    );
+    // Refusals: one line, exit 1, nothing changed.
+    let cases: &[(&[&str], &str)] = &[
+        (&["/etc"], "is not yours"),
+        (
+            &["--owner", "1000", "build"],
+            "only root can give files to another user",
+        ),
+        (&["no-such-dir"], "no-such-dir"),
+        (&["--owner", "bob", "build"], "invalid owner"),
+    ];
+    let before = listing(&dir.path);
+    for (args, needle) in cases {
+        let run = fix_as_user(&dir.path, args);
+        assert_eq!(run.code(), Some(1), "{}", run.explain());
+        assert_eq!(run.stderr.lines().count(), 1, "{}", run.explain());
+        assert!(run.stderr.contains(needle), "{}", run.explain());
+    }
+    assert_eq!(listing(&dir.path), before);
+    outside.assert_unchanged();
+}
+
+#[test]
+fn a_nested_mount_point_is_not_entered_unless_asked() {
+    let user = user1234();
+    let dir = TestDir::new(user, "fix-nested");
+    let nested = dir.join("tree/mnt");
+    fs::create_dir_all(&nested).unwrap();
+    ok(Command::new("mount")
+        .args(["-t", "tmpfs", "tmpfs"])
+        .arg(&nested));
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(nested.clone());
+    fs::write(nested.join("root-file"), "").unwrap();
+    fs::write(dir.join("tree/mine"), "").unwrap();
+    let run = fix_as_user(&dir.path, &["tree"]);
+    assert!(
+        run.stdout.contains("1 on other filesystems"),
+        "{}",
+        run.explain()
+    );
+    assert_eq!(fs::metadata(nested.join("root-file")).unwrap().uid(), 0);
+    assert_eq!(fs::metadata(dir.join("tree/mine")).unwrap().uid(), user.uid);
+    // Root may ask to cross it.
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_asme"));
+    cmd.args(["fix", "--cross-mounts", "--owner", "1234:1234"])
+        .arg(dir.join("tree"));
+    ok(&mut cmd);
+    assert_eq!(
+        fs::metadata(nested.join("root-file")).unwrap().uid(),
+        user.uid
+    );
+}
+
+#[test]
+fn a_folder_swapped_for_a_symlink_during_the_walk_redirects_nothing() {
+    let user = user1234();
+    let dir = TestDir::new(user, "fix-swap");
+    let outside = Outside::new("swap");
+    let mount = format!("{}:/w", dir.path.display());
+    // A wide tree, and a container that keeps swapping one of its folders for a symlink to
+    // a root-owned folder outside.
+    let build = "mkdir -p /w/t; cd /w/t; for i in $(seq 1 60); do mkdir d$i; for j in $(seq 1 20); do touch d$i/f$j; done; done; echo built";
+    ok(docker(&[
+        "run",
+        "--rm",
+        "-v",
+        &mount,
+        &image("busybox"),
+        "sh",
+        "-c",
+        build,
+    ]));
+    let swapper = testenv::ContainerName::new("swapper");
+    // Each swapped folder trades places with a symlink, atomically (renameat2
+    // RENAME_EXCHANGE) and as fast as it can, so it is a folder half the time and a link to a
+    // root-owned folder outside the other half. The links name the host's path: that is
+    // where a walker that followed them would go.
+    // Absolute links are also stopped by the refusal to cross mounts; relative ones on the
+    // same filesystem only by never following a link.
+    let host = outside.dir.display();
+    let relative = format!(
+        "../../{}",
+        outside.dir.file_name().unwrap().to_string_lossy()
+    );
+    let swap = format!(
+        "import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\nos.chdir('/w/t')\n\
+         links = {{b'd30': '{relative}/rootdir', b'd45': '{host}', b'd7': '{relative}', b'd12': '{host}/rootdir'}}\n\
+         for n, target in links.items(): os.symlink(target, n + b'.link')\n\
+         while True:\n    for n in links: libc.renameat2(-100, n, -100, n + b'.link', 2)\n"
+    );
+    ok(docker(&[
+        "run",
+        "-d",
+        "--name",
+        &swapper.0,
+        "-v",
+        &mount,
+        &image("debian"),
+        "python3",
+        "-c",
+        &swap,
+    ]));
+    for round in 0..8 {
+        // Alternate the engine path (user) and the in-process walker (root).
+        if round % 2 == 0 {
+            let run = fix_as_user(&dir.path, &["t"]);
+            assert!(run.code().is_some(), "{}", run.explain());
+        } else {
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_asme"));
+            cmd.args(["fix", "--owner", "1234:1234"]).arg(dir.join("t"));
+            Run::of(&mut cmd);
+        }
+        ok(docker(&[
+            "exec",
+            &swapper.0,
+            "sh",
+            "-c",
+            "chown -R 0:0 /w/t 2>/dev/null; true",
+        ]));
+    }
+    drop(swapper);
+    outside.assert_unchanged();
+}
+
+#[test]
+fn root_fixes_in_process_for_any_owner() {
+    let dir = TestDir::new(user1234(), "fix-root");
+    let outside = Outside::new("root");
+    pollute(&dir.path, &outside.dir);
+    // from-path: the owner of the top folder.
+    fs::create_dir_all(dir.join("build")).unwrap();
+    std::os::unix::fs::chown(dir.join("build"), Some(1234), Some(1234)).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_asme"));
+    cmd.args(["fix", "--owner", "from-path"])
+        .arg(dir.join("build"));
+    let run = Run::of(&mut cmd);
+    assert_eq!(run.code(), Some(0), "{}", run.explain());
+    assert_eq!(
+        fs::symlink_metadata(dir.join("build/obj/deep/a.o"))
+            .unwrap()
+            .uid(),
+        1234
+    );
+    assert_eq!(
+        fs::symlink_metadata(dir.join("build/locked/inside"))
+            .unwrap()
+            .uid(),
+        1234
+    );
+    let mode = fs::symlink_metadata(dir.join("build/locked"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0, "modes are not touched");
+    outside.assert_unchanged();
+}
