@@ -192,6 +192,8 @@ fn interactive_session(strategy: &str, expected_user: &str) {
             "run",
             "-it",
             "--rm",
+            "--name",
+            &name.0,
             &image("busybox"),
             "sh",
         ],
