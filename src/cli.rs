@@ -98,6 +98,10 @@ pub struct FixArgs {
     #[arg(long, value_name = "UID[:GID]|from-path")]
     pub owner: Option<String>,
 
+    /// Give back the entries of this user (or group) instead of root's.
+    #[arg(long, value_name = "UID[:GID]", conflicts_with = "all")]
+    pub from: Option<String>,
+
     /// Also take entries owned by any other user or group, not only root's.
     #[arg(long)]
     pub all: bool,
@@ -113,6 +117,11 @@ pub struct FixArgs {
     /// Change hard-linked files too (another name of theirs may be outside PATH).
     #[arg(long)]
     pub follow_hardlinks: bool,
+
+    /// Print the summary on stderr (a repair after `asme run` must not add to the command's
+    /// output).
+    #[arg(long, hide = true)]
+    pub summary_on_stderr: bool,
 
     /// (inside asme's container) DEV:INO that each PATH must have.
     #[arg(long, hide = true, value_delimiter = ',')]
@@ -142,6 +151,9 @@ pub enum Strategy {
     Idmap,
     /// Run the command as the owner, with an account (name, group, writable HOME) made for it.
     User,
+    /// Run as plain docker would, then give everything the container left in bind mounts back
+    /// to the owner (`asme fix`'s walker), however the run ends.
+    Fix,
 }
 
 /// Which engine CLI asme drives.

@@ -34,6 +34,9 @@ fn main() -> ExitCode {
         Command::Probe => init::probe::main(),
         Command::Run { ref args } => run::run(&cli, args),
         Command::Fix(ref args) => {
+            if let Ok(cache) = asme::run::cache::Cache::open() {
+                fix::complete_pending(&cli, &cache.pending_dir());
+            }
             return match fix::main(&cli, args) {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => ExitCode::from(EXIT_FAILURE),

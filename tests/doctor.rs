@@ -45,6 +45,7 @@ fn json_report_says_both_strategies_work_and_leaves_nothing() {
 
     assert_eq!(report["strategies"]["idmap"]["ok"], true, "{report:#}");
     assert_eq!(report["strategies"]["user"]["ok"], true, "{report:#}");
+    assert_eq!(report["strategies"]["fix"]["ok"], true, "{report:#}");
     assert_eq!(report["auto"], "idmap", "{report:#}");
     assert_eq!(report["engine"]["kind"], "rootful", "{report:#}");
     assert!(report["engine"]["server"].is_string(), "{report:#}");
@@ -84,6 +85,7 @@ fn table_names_the_auto_strategy() {
         "fuse",
         "strategy idmap",
         "strategy user",
+        "strategy fix",
     ] {
         assert!(
             out.lines().any(|l| l.starts_with(row)),

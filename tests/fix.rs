@@ -9,7 +9,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use testenv::{Run, TestDir, asme_as, docker, image, ok, user1234};
+use testenv::{Run, TestDir, User, asme_as, docker, image, ok, user1234};
 
 /// uid, gid and mode of every entry under `root` (not following symlinks), for before/after
 /// comparisons.
@@ -347,4 +347,145 @@ fn root_fixes_in_process_for_any_owner() {
         & 0o777;
     assert_eq!(mode, 0, "modes are not touched");
     outside.assert_unchanged();
+}
+
+/// `asme --strategy fix run` as user 1234, with the test folder mounted at /w.
+fn fix_strategy(dir: &Path, args: &[&str]) -> Command {
+    let mount = format!("{}:/w", dir.display());
+    let mut argv = vec!["--strategy", "fix", "run", "--rm", "-v", &mount];
+    argv.extend_from_slice(args);
+    asme_as(user1234(), dir, &argv)
+}
+
+fn assert_owned_by_1234(dir: &Path) {
+    let wrong: Vec<_> = listing(dir)
+        .into_iter()
+        .filter(|(_, (u, g, _))| (*u, *g) != (1234, 1234))
+        .collect();
+    assert!(wrong.is_empty(), "not given back: {wrong:?}");
+}
+
+#[test]
+fn the_fix_strategy_repairs_however_the_run_ends() {
+    let user = user1234();
+    let bb = image("busybox");
+    // A normal exit: the command's status and output are untouched, the tree is given back.
+    let dir = TestDir::new(user, "fixrun-exit");
+    let run = Run::of(fix_strategy(
+        &dir.path,
+        &[
+            &bb,
+            "sh",
+            "-c",
+            "mkdir -p /w/a/b; touch /w/a/b/f; echo hello; exit 3",
+        ],
+    ));
+    assert_eq!(
+        (run.code(), run.stdout.as_str()),
+        (Some(3), "hello\n"),
+        "{}",
+        run.explain()
+    );
+    assert_given_back(&dir.path, user);
+    // An image user at another uid (app, 1000) is given back too.
+    let dir = TestDir::new(user, "fixrun-app");
+    fs::set_permissions(&dir.path, fs::Permissions::from_mode(0o777)).unwrap();
+    Run::of(fix_strategy(
+        &dir.path,
+        &[&image("user1000"), "sh", "-c", "mkdir /w/d; touch /w/d/f"],
+    ))
+    .ok();
+    assert_given_back(&dir.path, user);
+    // docker kill, SIGTERM and SIGINT sent to asme: the run ends, the repair still happens.
+    for (how, status) in [("docker-kill", 137), ("TERM", 143), ("INT", 130)] {
+        let dir = TestDir::new(user, &format!("fixrun-{how}"));
+        let name = testenv::ContainerName::new("fixrun");
+        let mut child = fix_strategy(
+            &dir.path,
+            &[
+                "--name",
+                &name.0,
+                &bb,
+                "sh",
+                "-c",
+                "touch /w/f; echo up; sleep 600",
+            ],
+        )
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        assert_eq!(line, "up\n");
+        match how {
+            "docker-kill" => {
+                ok(docker(&["kill", &name.0]));
+            }
+            signal => {
+                let sig = if signal == "TERM" {
+                    nix::sys::signal::SIGTERM
+                } else {
+                    nix::sys::signal::SIGINT
+                };
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).unwrap();
+            }
+        }
+        assert_eq!(child.wait().unwrap().code(), Some(status), "{how}");
+        assert_given_back(&dir.path, user);
+    }
+}
+
+#[test]
+fn a_repair_left_by_a_killed_asme_is_completed_by_the_next_run() {
+    // uid 1000: no other test here runs asme as it, so nobody else completes the repair.
+    let user = testenv::user1000();
+    let bb = image("busybox");
+    let dir = TestDir::new(user, "fixrun-sigkill");
+    let name = testenv::ContainerName::new("fixrun-kill");
+    let mut child = fix_strategy(
+        &dir.path,
+        &[
+            "--name",
+            &name.0,
+            &bb,
+            "sh",
+            "-c",
+            "mkdir /w/left; touch /w/left/f; echo up; sleep 600",
+        ],
+    )
+    .stdout(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    ok(docker(&["rm", "-f", &name.0]));
+    assert_eq!(
+        fs::metadata(dir.join("left/f")).unwrap().uid(),
+        0,
+        "nothing repaired yet"
+    );
+    let journal = user.home.join(".cache/asme/v1/pending");
+    assert_eq!(fs::read_dir(&journal).unwrap().count(), 1);
+    // Any next asme run completes it, and says so.
+    let other = TestDir::new(user, "fixrun-next");
+    let run = Run::of(asme_as(user, &other.path, &["run", "--rm", &bb, "true"]));
+    assert!(
+        run.stderr
+            .contains("completing the repair of an earlier run"),
+        "{}",
+        run.explain()
+    );
+    run.ok();
+    assert_given_back(&dir.path, user);
+    assert_eq!(fs::read_dir(&journal).unwrap().count(), 0);
 }

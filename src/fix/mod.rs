@@ -5,6 +5,7 @@
 //! from asme's own image, through the engine the user can already use. The walk itself, and
 //! its guarantees against symlinks, hard links, swaps and other filesystems, is `walk`.
 
+pub mod journal;
 pub mod walk;
 
 use std::fmt;
@@ -27,10 +28,15 @@ use walk::{Tally, Walk};
 /// Which entries are given to the owner.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
-    /// Entries whose user or group is root (the usual docker leftovers).
-    RootOwned,
+    /// Entries whose user is `uid` or whose group is `gid`: root's by default (the usual
+    /// docker leftovers), or a container user's.
+    OwnedBy { uid: u32, gid: u32 },
     /// Entries owned by anyone but the owner.
     All,
+}
+
+impl Scope {
+    pub const ROOT: Scope = Scope::OwnedBy { uid: 0, gid: 0 };
 }
 
 /// What to do with hard-linked regular files (another name elsewhere may not be the owner's).
@@ -81,9 +87,17 @@ impl fmt::Display for Skip {
 pub fn decide(policy: &Policy, inode: &Inode) -> Action {
     let owner = policy.owner;
     let (uid, gid) = match policy.scope {
-        Scope::RootOwned => (
-            if inode.uid == 0 { owner.uid } else { inode.uid },
-            if inode.gid == 0 { owner.gid } else { inode.gid },
+        Scope::OwnedBy { uid, gid } => (
+            if inode.uid == uid {
+                owner.uid
+            } else {
+                inode.uid
+            },
+            if inode.gid == gid {
+                owner.gid
+            } else {
+                inode.gid
+            },
         ),
         Scope::All => (owner.uid, owner.gid),
     };
@@ -123,6 +137,16 @@ pub fn main(cli: &Cli, args: &FixArgs) -> Result<bool> {
     }
     let me = crate::sys::real_ids();
     let is_root = rustix::process::geteuid().is_root();
+    let from = match args.from.as_deref() {
+        None => Scope::ROOT,
+        Some(spec) => {
+            let spec: crate::owner::OwnerSpec = spec.parse()?;
+            Scope::OwnedBy {
+                uid: spec.uid,
+                gid: spec.gid.unwrap_or(spec.uid),
+            }
+        }
+    };
     let mut policies = Vec::with_capacity(paths.len());
     for path in &paths {
         let owner = match args.owner.as_deref() {
@@ -147,11 +171,7 @@ pub fn main(cli: &Cli, args: &FixArgs) -> Result<bool> {
         }
         policies.push(Policy {
             owner,
-            scope: if args.all {
-                Scope::All
-            } else {
-                Scope::RootOwned
-            },
+            scope: if args.all { Scope::All } else { from },
             hard_links: if args.follow_hardlinks {
                 HardLinks::Follow
             } else {
@@ -172,11 +192,76 @@ pub fn main(cli: &Cli, args: &FixArgs) -> Result<bool> {
         let mut ok = true;
         for (i, (path, policy)) in paths.iter().zip(&policies).enumerate() {
             let expect = expect.get(i).map(std::slice::from_ref).unwrap_or_default();
-            ok &= fix_here(std::slice::from_ref(path), policy, expect)?;
+            ok &= fix_here(
+                std::slice::from_ref(path),
+                policy,
+                expect,
+                args.summary_on_stderr,
+            )?;
         }
         return Ok(ok);
     }
     fix_in_container(cli, args, &paths, &policies)
+}
+
+/// Gives what container ids `from` left under `paths` back to `owner`: the `fix` strategy's
+/// repair after a run. Sources that are not folders of the owner's (a socket, a system
+/// folder) are left alone.
+pub fn repair(cli: &Cli, paths: &[PathBuf], owner: Owner, from: (u32, u32)) -> Result<bool> {
+    if (owner.uid, owner.gid) == from {
+        return Ok(true);
+    }
+    let is_root = rustix::process::geteuid().is_root();
+    let mine: Vec<PathBuf> = paths
+        .iter()
+        .filter(|p| p.is_dir() && (is_root || check_may_fix(p, owner, owner.uid).is_ok()))
+        .cloned()
+        .collect();
+    if mine.is_empty() {
+        return Ok(true);
+    }
+    let args = FixArgs {
+        owner: Some(owner.to_string()),
+        from: Some(format!("{}:{}", from.0, from.1)),
+        all: false,
+        dry_run: false,
+        cross_mounts: false,
+        follow_hardlinks: false,
+        expect: Vec::new(),
+        summary_on_stderr: true,
+        paths: mine,
+    };
+    main(cli, &args)
+}
+
+/// Completes the repairs that earlier `fix` strategy runs promised but never made (asme was
+/// killed outright). Problems are reported; the entry stays for the next try.
+pub fn complete_pending(cli: &Cli, dir: &Path) {
+    for (file, pending) in journal::orphaned(dir) {
+        eprintln!(
+            "asme: completing the repair of an earlier run that was killed (pid {})",
+            pending.pid
+        );
+        let parse = |s: &str| {
+            s.parse::<crate::owner::OwnerSpec>()
+                .ok()
+                .map(|o| (o.uid, o.gid.unwrap_or(o.uid)))
+        };
+        let (Some(owner), Some(from)) = (parse(&pending.owner), parse(&pending.from)) else {
+            let _ = std::fs::remove_file(&file);
+            continue;
+        };
+        let owner = Owner {
+            uid: owner.0,
+            gid: owner.1,
+        };
+        match repair(cli, &pending.paths, owner, from) {
+            Ok(_) => {
+                let _ = std::fs::remove_file(&file);
+            }
+            Err(e) => eprintln!("asme: that repair failed again: {e:#}"),
+        }
+    }
 }
 
 /// An ordinary user may fix only their own trees (the folder or the folder holding it is
@@ -262,7 +347,11 @@ fn fix_in_container(
         .map(|p| p.owner)
         .expect("at least one path");
     argv.push(format!("--owner={owner}"));
+    if let Some(from) = &args.from {
+        argv.push(format!("--from={from}"));
+    }
     for (flag, on) in [
+        ("--summary-on-stderr", args.summary_on_stderr),
         ("--all", args.all),
         ("--dry-run", args.dry_run),
         ("--cross-mounts", args.cross_mounts),
@@ -292,7 +381,12 @@ fn csv(field: &str) -> String {
 
 /// Walks each tree in this process (asme must be root, or own everything it changes).
 /// Returns whether everything went without error.
-pub fn fix_here(paths: &[PathBuf], policy: &Policy, expect: &[(u64, u64)]) -> Result<bool> {
+pub fn fix_here(
+    paths: &[PathBuf],
+    policy: &Policy,
+    expect: &[(u64, u64)],
+    summary_on_stderr: bool,
+) -> Result<bool> {
     sysfs::raise_open_files_limit();
     let tally = Tally::default();
     let started = Instant::now();
@@ -306,7 +400,12 @@ pub fn fix_here(paths: &[PathBuf], policy: &Policy, expect: &[(u64, u64)]) -> Re
         result
     })?;
     report_clear();
-    print_summary(&tally, policy, started.elapsed());
+    let summary = summary(&tally, policy, started.elapsed());
+    if summary_on_stderr {
+        eprintln!("{summary}");
+    } else {
+        println!("{summary}");
+    }
     Ok(tally.errors.load(Ordering::Relaxed) == 0)
 }
 
@@ -357,7 +456,7 @@ fn show_progress(tally: &Tally, done: &AtomicBool) {
     }
 }
 
-fn print_summary(tally: &Tally, policy: &Policy, elapsed: Duration) {
+fn summary(tally: &Tally, policy: &Policy, elapsed: Duration) -> String {
     let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
     let skipped = load(&tally.hard_linked) + load(&tally.other_filesystem);
     let mut line = format!(
@@ -383,8 +482,7 @@ fn print_summary(tally: &Tally, policy: &Policy, elapsed: Duration) {
         line += &format!(", {} errors", load(&tally.errors));
     }
     line += &format!(" in {:.2} s", elapsed.as_secs_f64());
-    report_clear();
-    println!("{line}");
+    line
 }
 
 fn report_clear() {
@@ -432,9 +530,16 @@ mod tests {
             cross_mounts: false,
             dry_run: false,
         };
-        let root = policy(Scope::RootOwned, HardLinks::Skip);
+        let root = policy(Scope::ROOT, HardLinks::Skip);
         let all = policy(Scope::All, HardLinks::Skip);
-        let follow = policy(Scope::RootOwned, HardLinks::Follow);
+        let follow = policy(Scope::ROOT, HardLinks::Follow);
+        let app = policy(
+            Scope::OwnedBy {
+                uid: 1001,
+                gid: 1001,
+            },
+            HardLinks::Skip,
+        );
         let chown = |uid, gid| Action::Chown { uid, gid };
         let cases: &[(&Policy, Inode, Action)] = &[
             (&root, inode(RegularFile, 0, 0, 1), chown(1000, 100)),
@@ -460,6 +565,8 @@ mod tests {
                 inode(RegularFile, 7, 8, 2),
                 Action::Skip(Skip::HardLinked(2)),
             ),
+            (&app, inode(RegularFile, 1001, 1001, 1), chown(1000, 100)),
+            (&app, inode(RegularFile, 0, 0, 1), Action::Fine),
         ];
         for (policy, inode, want) in cases {
             assert_eq!(decide(policy, inode), *want, "{:?} {inode:?}", policy.scope);

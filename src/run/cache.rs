@@ -62,6 +62,11 @@ impl Cache {
         Ok(facts)
     }
 
+    /// Where the `fix` strategy's pending repairs are journaled.
+    pub fn pending_dir(&self) -> PathBuf {
+        self.root.join("pending")
+    }
+
     /// Drops what is cached about an image that is being removed.
     pub fn forget_image(&self, image_id: &str) {
         if let Some(path) = self.image_file(image_id) {

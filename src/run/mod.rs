@@ -18,6 +18,7 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::agent;
 use crate::cli::{Cli, Strategy};
+use crate::fix;
 use crate::init::probe::ImageFacts;
 use crate::owner::{self, Owner};
 use args::RunArgs;
@@ -70,6 +71,7 @@ pub fn run(cli: &Cli, argv: &[String]) -> Result<()> {
     let owner = invoking_owner(cli)?;
     let exe = injected_exe()?;
     let cache = Cache::open()?;
+    fix::complete_pending(cli, &cache.pending_dir());
     let facts = cache.image_facts(&image.id, || docker.probe(&image.id, &exe))?;
     let ctx = Context {
         cli,
@@ -85,6 +87,7 @@ pub fn run(cli: &Cli, argv: &[String]) -> Result<()> {
     }
 
     let setup = match cli.strategy {
+        Strategy::Fix => return run_then_repair(&ctx, &args, &command),
         Strategy::User => user_setup(&ctx, &args)?,
         Strategy::Idmap => idmap_setup(&ctx, &args)?,
         // idmap keeps the container's own user, so it is the first choice; an owner who is
@@ -119,6 +122,57 @@ pub fn run(cli: &Cli, argv: &[String]) -> Result<()> {
             .context("keeping the idmap lease")?;
     }
     Err(ctx.docker.exec(&final_argv))
+}
+
+/// Strategy `fix`: run as plain docker would, then give what the container's user left in
+/// the bind mounts back to the owner, however the run ended (exit, `docker kill`, Ctrl-C or
+/// SIGTERM to asme). A journal entry covers the case where asme itself is killed outright.
+fn run_then_repair(ctx: &Context, args: &RunArgs, command: &[String]) -> Result<()> {
+    let user = args.last("user").map(str::to_string);
+    let spec = user.as_deref().unwrap_or(&ctx.image.user);
+    let container = plan::container_ids(spec, &ctx.facts).map_err(|e| anyhow::anyhow!(e))?;
+    let cwd = std::env::current_dir().context("reading the working folder")?;
+    let sources: Vec<PathBuf> = mounts::bind_mounts(args)
+        .iter()
+        .map(|b| b.absolute_source(&cwd))
+        .collect();
+    ctx.say(format_args!(
+        "strategy fix: the container runs as {}:{}; afterwards what it left in {} bind mount(s) \
+         is given to {}",
+        container.0,
+        container.1,
+        sources.len(),
+        ctx.owner
+    ));
+    let inject = Injection {
+        exe: &ctx.exe,
+        user,
+        group_add: Vec::new(),
+        account_files: None,
+        home_tmpfs: None,
+        home_env: None,
+    };
+    let final_argv = plan::rewrite(args, command, &inject);
+    ctx.say(format_args!("docker {}", shell_words(&final_argv)));
+    let (pid, started) = fix::journal::this_process();
+    let pending = fix::journal::Pending {
+        pid,
+        started,
+        owner: ctx.owner.to_string(),
+        from: format!("{}:{}", container.0, container.1),
+        paths: sources.clone(),
+    };
+    let entry = fix::journal::Entry::write(&ctx.cache.pending_dir(), &pending)?;
+    let status = crate::sys::run_forwarding_signals("docker".as_ref(), &final_argv)
+        .context("running docker")?;
+    match fix::repair(ctx.cli, &sources, ctx.owner, container) {
+        Ok(_) => entry.done(),
+        Err(e) => eprintln!(
+            "asme: giving the bind mounts back failed ({e:#}); the next asme run or asme fix \
+             tries again"
+        ),
+    }
+    std::process::exit(status)
 }
 
 /// Strategy `user`: run as the owner with a synthesised account.

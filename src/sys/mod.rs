@@ -8,7 +8,7 @@ pub mod fs;
 pub mod mount;
 pub mod socket;
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::io;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
@@ -151,4 +151,76 @@ pub fn real_ids() -> (u32, u32) {
         rustix::process::getuid().as_raw(),
         rustix::process::getgid().as_raw(),
     )
+}
+
+/// Runs `program` with `args` as a child and waits for it, passing on the signals someone
+/// sends to us (TERM, INT, HUP, QUIT, USR1, USR2). Signals the terminal sends to the whole
+/// foreground group (Ctrl-C, Ctrl-\) already reach the child, so they are not sent twice.
+/// Returns the child's status (128+N if signal N killed it).
+pub fn run_forwarding_signals(program: &OsStr, args: &[String]) -> io::Result<i32> {
+    let mut set = SigSet::empty();
+    for sig in FORWARDED.into_iter().chain([Signal::SIGCHLD]) {
+        set.add(sig);
+    }
+    let mut old = SigSet::empty();
+    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), Some(&mut old))?;
+    let mut command = Command::new(program);
+    command.args(args);
+    // SAFETY: sigprocmask is async-signal-safe; the closure allocates nothing.
+    unsafe {
+        command.pre_exec(move || Ok(sigprocmask(SigmaskHow::SIG_SETMASK, Some(&old), None)?));
+    }
+    let spawned = command.spawn();
+    let result = spawned.and_then(|child| {
+        let pid = Pid::from_raw(child.id() as i32);
+        loop {
+            let (signal, sent_by_process) = wait_signal_info(&set)?;
+            if signal == Signal::SIGCHLD {
+                match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+                    Ok(WaitStatus::Exited(_, code)) => return Ok(code),
+                    Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(128 + sig as i32),
+                    Ok(_) | Err(Errno::EINTR) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            if sent_by_process {
+                forward_signal(pid, signal)?;
+            }
+        }
+    });
+    // Signals that arrive after the child ended are for us again.
+    sigprocmask(SigmaskHow::SIG_SETMASK, Some(&old), None)?;
+    result
+}
+
+/// What `run_forwarding_signals` passes on.
+const FORWARDED: [Signal; 6] = [
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+];
+
+/// Waits for one of the blocked signals in `set`; says whether a process sent it (kill(2),
+/// sigqueue(3): si_code <= 0) rather than the kernel (a terminal, a child's exit).
+fn wait_signal_info(set: &SigSet) -> io::Result<(Signal, bool)> {
+    loop {
+        let mut info = std::mem::MaybeUninit::<libc::siginfo_t>::zeroed();
+        // SAFETY: `set` is a valid sigset_t for the call's duration and `info` is writable
+        // memory of the right size; the kernel fills it before we read it.
+        let signo = unsafe { libc::sigwaitinfo(set.as_ref(), info.as_mut_ptr()) };
+        if signo < 0 {
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return Err(err);
+        }
+        // SAFETY: sigwaitinfo succeeded, so `info` is initialised.
+        let code = unsafe { info.assume_init() }.si_code;
+        let signal = Signal::try_from(signo).map_err(io::Error::from)?;
+        return Ok((signal, code <= 0));
+    }
 }
