@@ -350,17 +350,17 @@ fn root_fixes_in_process_for_any_owner() {
 }
 
 /// `asme --strategy fix run` as user 1234, with the test folder mounted at /w.
-fn fix_strategy(dir: &Path, args: &[&str]) -> Command {
+fn fix_strategy(user: &User, dir: &Path, args: &[&str]) -> Command {
     let mount = format!("{}:/w", dir.display());
     let mut argv = vec!["--strategy", "fix", "run", "--rm", "-v", &mount];
     argv.extend_from_slice(args);
-    asme_as(user1234(), dir, &argv)
+    asme_as(user, dir, &argv)
 }
 
-fn assert_owned_by_1234(dir: &Path) {
+fn assert_given_back(dir: &Path, user: &User) {
     let wrong: Vec<_> = listing(dir)
         .into_iter()
-        .filter(|(_, (u, g, _))| (*u, *g) != (1234, 1234))
+        .filter(|(_, (u, g, _))| (*u, *g) != (user.uid, user.gid))
         .collect();
     assert!(wrong.is_empty(), "not given back: {wrong:?}");
 }
@@ -372,6 +372,7 @@ fn the_fix_strategy_repairs_however_the_run_ends() {
     // A normal exit: the command's status and output are untouched, the tree is given back.
     let dir = TestDir::new(user, "fixrun-exit");
     let run = Run::of(fix_strategy(
+        user,
         &dir.path,
         &[
             &bb,
@@ -391,6 +392,7 @@ fn the_fix_strategy_repairs_however_the_run_ends() {
     let dir = TestDir::new(user, "fixrun-app");
     fs::set_permissions(&dir.path, fs::Permissions::from_mode(0o777)).unwrap();
     Run::of(fix_strategy(
+        user,
         &dir.path,
         &[&image("user1000"), "sh", "-c", "mkdir /w/d; touch /w/d/f"],
     ))
@@ -401,6 +403,7 @@ fn the_fix_strategy_repairs_however_the_run_ends() {
         let dir = TestDir::new(user, &format!("fixrun-{how}"));
         let name = testenv::ContainerName::new("fixrun");
         let mut child = fix_strategy(
+            user,
             &dir.path,
             &[
                 "--name",
@@ -447,6 +450,7 @@ fn a_repair_left_by_a_killed_asme_is_completed_by_the_next_run() {
     let dir = TestDir::new(user, "fixrun-sigkill");
     let name = testenv::ContainerName::new("fixrun-kill");
     let mut child = fix_strategy(
+        user,
         &dir.path,
         &[
             "--name",
