@@ -290,8 +290,8 @@ fn idmap_setup(ctx: &Context, args: &RunArgs) -> Result<Setup> {
             eprintln!(
                 "asme: notice: {} holds folders owned by host root (e.g. {example}); inside they \
                  show as nobody and cannot be written, even by root: give them back with \
-                 'sudo chown -R {} {}'",
-                bind.source, ctx.owner, bind.source
+                 'asme fix {}'",
+                bind.source, bind.source
             );
         }
     }
