@@ -191,13 +191,7 @@ pub fn main(cli: &Cli, args: &FixArgs) -> Result<bool> {
             .collect::<Result<Vec<_>>>()?;
         let mut ok = true;
         for (i, (path, policy)) in paths.iter().zip(&policies).enumerate() {
-            let expect = expect.get(i).map(std::slice::from_ref).unwrap_or_default();
-            ok &= fix_here(
-                std::slice::from_ref(path),
-                policy,
-                expect,
-                args.summary_on_stderr,
-            )?;
+            ok &= fix_here(path, policy, expect.get(i).copied(), args.summary_on_stderr)?;
         }
         return Ok(ok);
     }
@@ -379,15 +373,26 @@ fn csv(field: &str) -> String {
     }
 }
 
-/// Walks each tree in this process (asme must be root, or own everything it changes).
-/// Returns whether everything went without error.
+/// Walks one tree in this process (asme must be root to change anything), after checking that
+/// its top is the folder `expect`ed, when given. Returns whether it went without error.
 pub fn fix_here(
-    paths: &[PathBuf],
+    path: &Path,
     policy: &Policy,
-    expect: &[(u64, u64)],
+    expect: Option<(u64, u64)>,
     summary_on_stderr: bool,
 ) -> Result<bool> {
     sysfs::raise_open_files_limit();
+    let top = sysfs::open_top(path).with_context(|| format!("opening {}", path.display()))?;
+    if let Some(expected) = expect {
+        // The folder the caller checked must be the folder mounted here.
+        let inode = sysfs::stat(top.as_fd())?;
+        if (inode.dev, inode.ino) != expected {
+            bail!(
+                "{} changed while asme was starting the fix; nothing was done",
+                path.display()
+            );
+        }
+    }
     let tally = Tally::default();
     let started = Instant::now();
     let done = AtomicBool::new(false);
@@ -395,7 +400,8 @@ pub fn fix_here(
         if std::io::stderr().is_terminal() {
             threads.spawn(|| show_progress(&tally, &done));
         }
-        let result = walk_all(paths, policy, expect, &tally);
+        let result = Walk::run(policy, &tally, top, path)
+            .with_context(|| format!("walking {}", path.display()));
         done.store(true, Ordering::Relaxed);
         result
     })?;
@@ -407,30 +413,6 @@ pub fn fix_here(
         println!("{summary}");
     }
     Ok(tally.errors.load(Ordering::Relaxed) == 0)
-}
-
-fn walk_all(
-    paths: &[PathBuf],
-    policy: &Policy,
-    expect: &[(u64, u64)],
-    tally: &Tally,
-) -> Result<()> {
-    for (i, path) in paths.iter().enumerate() {
-        let top = sysfs::open_top(path).with_context(|| format!("opening {}", path.display()))?;
-        if let Some(&(dev, ino)) = expect.get(i) {
-            // The folder the caller checked must be the folder mounted here.
-            let inode = sysfs::stat(top.as_fd())?;
-            if (inode.dev, inode.ino) != (dev, ino) {
-                bail!(
-                    "{} changed while asme was starting the fix; nothing was done",
-                    path.display()
-                );
-            }
-        }
-        Walk::run(policy, tally, top, path)
-            .with_context(|| format!("walking {}", path.display()))?;
-    }
-    Ok(())
 }
 
 /// Redraws one progress line on the terminal (stderr) until `done`. Display only: nothing
