@@ -23,6 +23,9 @@
 # to UID:GID, and asme's summary must count every entry as changed, or the benchmark fails.
 # Times are wall clock (process start to exit), medians in seconds. Goals: chown -R / asme
 # (the walker's speed-up) at least 1.5; user end-to-end minus root walker at most 0.3 s.
+# The user figure includes the container's start and teardown; with docker's overlay2 on the
+# tree's filesystem, the teardown (overlay unmount) syncs that filesystem, so it also pays
+# for writing back the chowned inodes, which the in-process runs leave to the background.
 #
 # Runs as root; the user is ASME_BENCH_USER (default 1234, a docker group member); asme is
 # ASME_BIN, else target/x86_64-unknown-linux-gnu/release/asme after `cargo build --release`.

@@ -12,7 +12,7 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -32,6 +32,22 @@ pub struct Tally {
     pub errors: AtomicU64,
 }
 
+/// Counts of one folder's entries, added to the [`Tally`] once.
+#[derive(Default)]
+struct Counts {
+    entries: u64,
+    changed: u64,
+    fine: u64,
+}
+
+impl Counts {
+    fn add_to(&self, tally: &Tally) {
+        tally.entries.fetch_add(self.entries, Ordering::Relaxed);
+        tally.changed.fetch_add(self.changed, Ordering::Relaxed);
+        tally.fine.fetch_add(self.fine, Ordering::Relaxed);
+    }
+}
+
 /// One walk over one tree.
 pub struct Walk<'a> {
     policy: &'a Policy,
@@ -49,8 +65,9 @@ impl<'a> Walk<'a> {
             dev: inode.dev,
             tally,
         };
-        tally.entries.fetch_add(1, Ordering::Relaxed);
-        walk.act(top.as_fd(), inode, path);
+        let mut counts = Counts { entries: 1, ..Counts::default() };
+        walk.act(top.as_fd(), inode, &|| path.to_path_buf(), &mut counts);
+        counts.add_to(tally);
         let top = Arc::new(top);
         rayon::scope(|scope| walk.list(scope, &top, path));
         Ok(())
@@ -60,12 +77,15 @@ impl<'a> Walk<'a> {
     fn list<'s>(&'s self, scope: &rayon::Scope<'s>, dir: &Arc<OwnedFd>, path: &Path) {
         let mut buf = [MaybeUninit::<u8>::uninit(); 32 * 1024];
         let mut entries = RawDir::new(dir.as_fd(), &mut buf);
+        // Counted here and added once per folder: shared counters bumped per entry would
+        // bounce a cache line between the cores on every file.
+        let mut counts = Counts::default();
         while let Some(entry) = entries.next() {
             let entry = match entry {
                 Ok(entry) => entry,
                 Err(e) => {
                     self.error(path, "listing", e.into());
-                    return;
+                    break;
                 }
             };
             let name = entry.file_name();
@@ -78,9 +98,10 @@ impl<'a> Walk<'a> {
                 let child = path.join(OsStr::from_bytes(name.as_bytes()));
                 scope.spawn(move |scope| self.folder(scope, &parent, &name, &child));
             } else {
-                self.entry(scope, dir, name, path);
+                self.entry(scope, dir, name, path, &mut counts);
             }
         }
+        counts.add_to(self.tally);
     }
 
     /// A subfolder: open it safely, act on it, list it.
@@ -101,14 +122,18 @@ impl<'a> Walk<'a> {
                 if inode.dev != self.dev && !self.policy.cross_mounts {
                     return self.skip(path, Skip::OtherFilesystem);
                 }
-                self.act(dir.as_fd(), inode, path);
+                let mut counts = Counts::default();
+                self.act(dir.as_fd(), inode, &|| path.to_path_buf(), &mut counts);
+                counts.add_to(self.tally);
                 self.list(scope, &Arc::new(dir), path);
             }
             // Swapped for a symlink or a file since it was listed: it is that now.
             Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)) => {
                 self.tally.entries.fetch_sub(1, Ordering::Relaxed);
                 let parent_path = path.parent().unwrap_or(path);
-                self.leaf(parent.as_fd(), name, parent_path);
+                let mut counts = Counts::default();
+                self.leaf(parent.as_fd(), name, parent_path, &mut counts);
+                counts.add_to(self.tally);
             }
             Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
                 self.skip(path, Skip::OtherFilesystem)
@@ -120,9 +145,16 @@ impl<'a> Walk<'a> {
     }
 
     /// A listed entry that is not a folder (or whose type the listing did not say).
-    fn entry<'s>(&'s self, scope: &rayon::Scope<'s>, dir: &Arc<OwnedFd>, name: &CStr, path: &Path) {
+    fn entry<'s>(
+        &'s self,
+        scope: &rayon::Scope<'s>,
+        dir: &Arc<OwnedFd>,
+        name: &CStr,
+        path: &Path,
+        counts: &mut Counts,
+    ) {
         // A folder after all (a filesystem without d_type, or swapped in): walk it.
-        if self.leaf(dir.as_fd(), name, path) == Some(FileType::Directory) {
+        if self.leaf(dir.as_fd(), name, path, counts) == Some(FileType::Directory) {
             let (parent, name) = (Arc::clone(dir), name.to_owned());
             let child = path.join(OsStr::from_bytes(name.as_bytes()));
             scope.spawn(move |scope| self.folder(scope, &parent, &name, &child));
@@ -131,7 +163,7 @@ impl<'a> Walk<'a> {
 
     /// Opens `name` without following or opening it, and acts on that very inode. Returns
     /// its type when it turned out to be a folder (not acted on here).
-    fn leaf(&self, dir: BorrowedFd<'_>, name: &CStr, dir_path: &Path) -> Option<FileType> {
+    fn leaf(&self, dir: BorrowedFd<'_>, name: &CStr, dir_path: &Path, counts: &mut Counts) -> Option<FileType> {
         let path = || dir_path.join(OsStr::from_bytes(name.to_bytes()));
         let fd = match sysfs::open_entry(dir, name) {
             Ok(fd) => fd,
@@ -151,30 +183,29 @@ impl<'a> Walk<'a> {
         if inode.kind == FileType::Directory {
             return Some(FileType::Directory);
         }
-        self.tally.entries.fetch_add(1, Ordering::Relaxed);
+        counts.entries += 1;
         if inode.dev != self.dev && !self.policy.cross_mounts {
             // A file bind-mounted over an entry.
             self.skip(&path(), Skip::OtherFilesystem);
             return None;
         }
-        self.act(fd.as_fd(), inode, &path());
+        self.act(fd.as_fd(), inode, &path, counts);
         None
     }
 
     /// Applies the policy to one inode, through its descriptor.
-    fn act(&self, fd: BorrowedFd<'_>, inode: Inode, path: &Path) {
+    /// The path is built only if a message needs it.
+    fn act(&self, fd: BorrowedFd<'_>, inode: Inode, path: &dyn Fn() -> PathBuf, counts: &mut Counts) {
         match decide(self.policy, &inode) {
-            Action::Fine => {
-                self.tally.fine.fetch_add(1, Ordering::Relaxed);
-            }
-            Action::Skip(reason) => self.skip(path, reason),
+            Action::Fine => counts.fine += 1,
+            Action::Skip(reason) => self.skip(&path(), reason),
             Action::Chown { uid, gid } => {
                 if !self.policy.dry_run
                     && let Err(e) = sysfs::chown(fd, uid, gid)
                 {
-                    return self.error(path, "changing the owner of", e);
+                    return self.error(&path(), "changing the owner of", e);
                 }
-                self.tally.changed.fetch_add(1, Ordering::Relaxed);
+                counts.changed += 1;
             }
         }
     }
