@@ -113,11 +113,20 @@ fn fix_as_user(dir: &Path, args: &[&str]) -> Run {
 
 #[test]
 fn an_ordinary_user_gets_the_tree_back_and_nothing_else_changes() {
+    // Through the agent, and through a throwaway container (where no agent can run).
+    for no_agent in ["0", "1"] {
+        ordinary_user_fix(no_agent);
+    }
+}
+
+fn ordinary_user_fix(no_agent: &str) {
     let user = user1234();
     let dir = TestDir::new(user, "fix");
     let outside = Outside::new("user");
     pollute(&dir.path, &outside.dir);
-    let run = fix_as_user(&dir.path, &["build", "other"]);
+    let mut cmd = asme_as(user1234(), &dir.path, &["fix", "build", "other"]);
+    cmd.env("ASME_NO_AGENT", no_agent);
+    let run = Run::of(&mut cmd);
     assert_eq!(run.code(), Some(0), "{}", run.explain());
     // One summary line per tree on stdout; the hard link is skipped and said so.
     assert_eq!(

@@ -75,54 +75,139 @@ pub fn lease(
         owner_uid: owner.uid,
         owner_gid: owner.gid,
     };
+    let (conn, response) = ask(docker, exe, &request, sources, Some(DEADLINE))?;
+    match response {
+        Response::Prepared { paths } if paths.len() == sources.len() => Ok(Lease {
+            conn,
+            paths: paths.into_iter().map(PathBuf::from).collect(),
+        }),
+        Response::Error {
+            kind: ErrorKind::Unsupported,
+            message,
+            source,
+        } => Err(LeaseError::Unsupported {
+            message,
+            source_index: source,
+        }),
+        Response::Error { message, .. } => Err(anyhow!("the asme agent refused: {message}").into()),
+        other => Err(anyhow!("unexpected answer from the asme agent: {other:?}").into()),
+    }
+}
+
+/// Answer to an `asme fix` request.
+pub struct Fixed {
+    pub summary: String,
+    pub problems: Vec<String>,
+    pub ok: bool,
+}
+
+/// Has the agent walk the tree `name` in folder `parent` (opened by the caller) as root.
+/// A walk takes as long as the tree needs: there is no deadline on the answer.
+pub fn fix(
+    docker: &Docker,
+    exe: &Path,
+    parent: BorrowedFd<'_>,
+    name: &str,
+    path: &Path,
+    policy: &crate::fix::Policy,
+) -> Result<Fixed, FixError> {
+    let (from_uid, from_gid) = match policy.scope {
+        crate::fix::Scope::OwnedBy { uid, gid } => (uid, gid),
+        crate::fix::Scope::All => (0, 0),
+    };
+    let request = Request::Fix {
+        protocol: PROTOCOL,
+        name: name.to_string(),
+        path: path.to_string_lossy().into_owned(),
+        owner_uid: policy.owner.uid,
+        owner_gid: policy.owner.gid,
+        from_uid,
+        from_gid,
+        all: policy.scope == crate::fix::Scope::All,
+        follow_hardlinks: policy.hard_links == crate::fix::HardLinks::Follow,
+        cross_mounts: policy.cross_mounts,
+    };
+    match ask(docker, exe, &request, &[parent], None)
+        .map_err(FixError::Unavailable)?
+        .1
+    {
+        Response::Fixed {
+            summary,
+            problems,
+            ok,
+        } => Ok(Fixed {
+            summary,
+            problems,
+            ok,
+        }),
+        Response::Error { message, .. } => Err(FixError::Refused(message)),
+        other => Err(FixError::Unavailable(anyhow!(
+            "unexpected answer from the asme agent: {other:?}"
+        ))),
+    }
+}
+
+/// Why the agent did not fix a tree.
+#[derive(Debug, thiserror::Error)]
+pub enum FixError {
+    /// It looked and said no (not the caller's tree, cannot open it): final.
+    #[error("{0}")]
+    Refused(String),
+    /// It could not be asked (not running and not startable here): try another way.
+    #[error(transparent)]
+    Unavailable(anyhow::Error),
+}
+
+/// Sends one request (starting the agent if needed, and replacing once an agent that speaks
+/// another protocol) and returns the connection with the answer.
+fn ask(
+    docker: &Docker,
+    exe: &Path,
+    request: &Request,
+    fds: &[BorrowedFd<'_>],
+    deadline: Option<Duration>,
+) -> Result<(UnixStream, Response)> {
     let mut restarted = false;
     loop {
         let conn = connect_or_start(docker, exe)?;
-        let response = exchange(&conn, &request, sources).context("talking to the asme agent")?;
+        let response =
+            exchange(&conn, request, fds, deadline).context("talking to the asme agent")?;
         match response {
-            Response::Prepared { paths } if paths.len() == sources.len() => {
-                return Ok(Lease {
-                    conn,
-                    paths: paths.into_iter().map(PathBuf::from).collect(),
-                });
-            }
             Response::Error {
                 kind: ErrorKind::Protocol,
                 ..
             } if !restarted => {
-                // An agent from another asme version: replace it once.
                 stop(docker)?;
                 restarted = true;
             }
-            Response::Error {
-                kind: ErrorKind::Unsupported,
-                message,
-                source,
-            } => {
-                return Err(LeaseError::Unsupported {
-                    message,
-                    source_index: source,
-                });
-            }
-            Response::Error { message, .. } => {
-                return Err(anyhow!("the asme agent refused: {message}").into());
-            }
-            other => return Err(anyhow!("unexpected answer from the asme agent: {other:?}").into()),
+            response => return Ok((conn, response)),
         }
     }
 }
 
-fn exchange(conn: &UnixStream, request: &Request, fds: &[BorrowedFd<'_>]) -> io::Result<Response> {
-    conn.set_read_timeout(Some(DEADLINE))?;
+fn exchange(
+    conn: &UnixStream,
+    request: &Request,
+    fds: &[BorrowedFd<'_>],
+    deadline: Option<Duration>,
+) -> io::Result<Response> {
+    conn.set_read_timeout(deadline)?;
     socket::send_with_fds(conn, &serde_json::to_vec(request)?, fds)?;
-    let (data, _) = socket::recv_with_fds(conn, 64 * 1024)?;
-    if data.is_empty() {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "the agent closed the connection",
-        ));
+    // A long answer (a fix's problem lines) may come in several pieces on a stream socket.
+    let mut data = Vec::new();
+    loop {
+        let (piece, _) = socket::recv_with_fds(conn, 64 * 1024)?;
+        if piece.is_empty() {
+            let closed = "the agent closed the connection";
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, closed));
+        }
+        data.extend_from_slice(&piece);
+        match serde_json::from_slice(&data) {
+            Ok(response) => return Ok(response),
+            Err(e) if e.is_eof() => continue,
+            Err(e) => return Err(e.into()),
+        }
     }
-    Ok(serde_json::from_slice(&data)?)
 }
 
 fn connect_or_start(docker: &Docker, exe: &Path) -> Result<UnixStream> {
@@ -178,8 +263,9 @@ fn agent_log(docker: &Docker) -> String {
 /// Starts the agent container. Its privileges are what the kernel sequence needs and no
 /// more: joining the host's mount namespace (SYS_ADMIN, SYS_CHROOT, and SYS_PTRACE to open
 /// the engine's /proc/PID/ns/mnt), writing id maps (SETUID, SETGID, and SETFCAP, which
-/// Linux 5.12+ demands to map a container's root: `verify_root_map`), and giving its socket to the docker
-/// group (CHOWN). No network, a read-only root, no restart policy. A stopped agent is kept
+/// Linux 5.12+ demands to map a container's root: `verify_root_map`), giving its socket to
+/// the docker group and ownership back in `asme fix` (CHOWN), and entering unreadable folders
+/// in a fix (DAC_READ_SEARCH). No network, a read-only root, no restart policy. A stopped agent is kept
 /// until the next start (its log explains why it stopped) or `asme agent stop`.
 pub fn start(docker: &Docker, exe: &Path) -> Result<()> {
     let image = docker.self_image(exe)?;
@@ -204,6 +290,7 @@ pub fn start(docker: &Docker, exe: &Path) -> Result<()> {
         "--cap-add=SETGID",
         "--cap-add=SETFCAP",
         "--cap-add=CHOWN",
+        "--cap-add=DAC_READ_SEARCH",
         // AppArmor's and SELinux's container policies forbid mount operations outright.
         "--security-opt=apparmor=unconfined",
         "--security-opt=label=disable",

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever a message changes meaning; an agent speaking another version is replaced.
-pub const PROTOCOL: u32 = 1;
+pub const PROTOCOL: u32 = 2;
 
 /// Where the agent listens on the host: root:docker, mode 0660.
 pub const SOCKET: &str = "/run/asme/agent.sock";
@@ -31,6 +31,21 @@ pub enum Request {
         owner_uid: u32,
         owner_gid: u32,
     },
+    /// `asme fix` the folder `name` in the attached folder (its parent, opened by the peer):
+    /// entries of `from` (or everyone's, with `all`) become the owner's.
+    Fix {
+        protocol: u32,
+        name: String,
+        /// The tree's path as the peer knows it, for messages.
+        path: String,
+        owner_uid: u32,
+        owner_gid: u32,
+        from_uid: u32,
+        from_gid: u32,
+        all: bool,
+        follow_hardlinks: bool,
+        cross_mounts: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,6 +58,13 @@ pub enum Response {
     /// the connection closes.
     Prepared {
         paths: Vec<String>,
+    },
+    /// A finished `asme fix`: its summary line, its problem lines, and whether it went
+    /// without error.
+    Fixed {
+        summary: String,
+        problems: Vec<String>,
+        ok: bool,
     },
     Error {
         kind: ErrorKind,

@@ -18,8 +18,11 @@ use anyhow::{Context, Result};
 use nix::sys::signal::{SigSet, Signal};
 
 use super::protocol::{ErrorKind, LEASES, MAX_SOURCES, PROTOCOL, Request, Response, SOCKET};
+use crate::fix;
 use crate::identity::GroupFile;
 use crate::idmap::{self, IdMap};
+use crate::owner::Owner;
+use crate::sys::fs as sysfs;
 use crate::sys::{mount, socket};
 
 /// Largest request message: a small JSON object.
@@ -159,10 +162,65 @@ fn handle(conn: &UnixStream) -> Result<(Response, Option<PathBuf>), Refusal> {
     let peer = socket::peer(conn).map_err(|e| failed("reading peer credentials", &e))?;
     let (data, sources) =
         socket::recv_with_fds(conn, MAX_REQUEST).map_err(|e| failed("reading the request", &e))?;
-    let request: Request = serde_json::from_slice(&data)
-        .map_err(|e| Refusal(ErrorKind::Invalid, format!("malformed request: {e}"), None))?;
+    let request: Request = serde_json::from_slice(&data).map_err(|e| {
+        // A request this agent does not know comes from a newer asme: say so, and it will be
+        // replaced.
+        let kind = if e.to_string().contains("unknown variant") {
+            ErrorKind::Protocol
+        } else {
+            ErrorKind::Invalid
+        };
+        Refusal(kind, format!("malformed request: {e}"), None)
+    })?;
     match request {
         Request::Ping { .. } => Ok((Response::Pong { protocol: PROTOCOL }, None)),
+        Request::Fix {
+            protocol,
+            name,
+            path,
+            owner_uid,
+            owner_gid,
+            from_uid,
+            from_gid,
+            all,
+            follow_hardlinks,
+            cross_mounts,
+        } => {
+            if protocol != PROTOCOL {
+                let message = format!("protocol {protocol}, agent speaks {PROTOCOL}");
+                return Err(Refusal(ErrorKind::Protocol, message, None));
+            }
+            check_owner(peer, owner_uid, owner_gid)?;
+            let [parent] = sources.as_slice() else {
+                return Err(Refusal(
+                    ErrorKind::Invalid,
+                    "expected the tree's parent folder".into(),
+                    None,
+                ));
+            };
+            let policy = fix::Policy {
+                owner: Owner {
+                    uid: owner_uid,
+                    gid: owner_gid,
+                },
+                scope: if all {
+                    fix::Scope::All
+                } else {
+                    fix::Scope::OwnedBy {
+                        uid: from_uid,
+                        gid: from_gid,
+                    }
+                },
+                hard_links: if follow_hardlinks {
+                    fix::HardLinks::Follow
+                } else {
+                    fix::HardLinks::Skip
+                },
+                cross_mounts,
+                dry_run: false,
+            };
+            fix_tree(peer, parent, &name, &path, &policy).map(|response| (response, None))
+        }
         Request::Prepare {
             protocol,
             container_uid,
@@ -193,6 +251,54 @@ fn handle(conn: &UnixStream) -> Result<(Response, Option<PathBuf>), Refusal> {
         }
     }
 }
+
+/// Walks the peer's tree `name` in `parent` as root. The tree is opened without following a
+/// link, and must be the peer's: the folder itself or the folder holding it belongs to them.
+fn fix_tree(
+    peer: socket::Peer,
+    parent: &OwnedFd,
+    name: &str,
+    path: &str,
+    policy: &fix::Policy,
+) -> Result<Response, Refusal> {
+    let invalid = |m: String| Refusal(ErrorKind::Invalid, m, None);
+    if name.is_empty() || name == "." || name == ".." || name.contains('/') {
+        return Err(invalid(format!("'{name}' is not a folder name")));
+    }
+    let cname = std::ffi::CString::new(name)
+        .map_err(|_| invalid(format!("'{name}' is not a folder name")))?;
+    let top = sysfs::open_dir(parent.as_fd(), &cname, true)
+        .map_err(|e| Refusal(ErrorKind::Failed, format!("opening {path}: {e}"), None))?;
+    if peer.uid != 0 {
+        let owned = |fd: &OwnedFd| sysfs::stat(fd.as_fd()).is_ok_and(|i| i.uid == peer.uid);
+        if !owned(&top) && !owned(parent) {
+            let message = format!(
+                "{path} is not yours: neither it nor the folder holding it belongs to uid {}",
+                peer.uid
+            );
+            return Err(Refusal(ErrorKind::Denied, message, None));
+        }
+    }
+    let problems = std::sync::Mutex::new(Vec::new());
+    let report = |line: &str| {
+        let mut problems = problems.lock().unwrap_or_else(|e| e.into_inner());
+        // Enough to say what is wrong without an unbounded answer.
+        if problems.len() < MAX_PROBLEMS {
+            problems.push(line.to_string());
+        }
+    };
+    let (summary, ok) = fix::walk_tree(top, Path::new(path), policy, &report, false)
+        .map_err(|e| Refusal(ErrorKind::Failed, format!("{e:#}"), None))?;
+    let problems = problems.into_inner().unwrap_or_else(|e| e.into_inner());
+    Ok(Response::Fixed {
+        summary,
+        problems,
+        ok,
+    })
+}
+
+/// The most problem lines one `fix` answer carries.
+const MAX_PROBLEMS: usize = 10_000;
 
 /// A peer gets mappings to its own ids only; root may ask for anyone.
 fn check_owner(peer: socket::Peer, owner_uid: u32, owner_gid: u32) -> Result<(), Refusal> {

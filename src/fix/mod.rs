@@ -10,7 +10,7 @@ pub mod walk;
 
 use std::fmt;
 use std::io::{IsTerminal, Write};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,11 +19,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use rustix::fs::FileType;
 
+use crate::agent;
 use crate::cli::{Cli, FixArgs};
 use crate::owner::Owner;
 use crate::run::engine::Docker;
 use crate::sys::fs::{self as sysfs, Inode};
-use walk::{Tally, Walk};
+use walk::{Reporter, Tally, Walk};
 
 /// Which entries are given to the owner.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -195,7 +196,66 @@ pub fn main(cli: &Cli, args: &FixArgs) -> Result<bool> {
         }
         return Ok(ok);
     }
-    fix_in_container(cli, args, &paths, &policies)
+    let docker = Docker::detect()?;
+    let exe = std::env::current_exe().context("finding the asme binary")?;
+    // ASME_NO_AGENT=1: hosts where the agent cannot run (or is not wanted) use a container.
+    if std::env::var_os("ASME_NO_AGENT").is_some_and(|v| v == "1") {
+        return fix_in_container(cli, args, &paths, &policies);
+    }
+    match fix_by_agent(&docker, &exe, &paths, &policies, args.summary_on_stderr) {
+        Ok(ok) => Ok(ok),
+        Err(agent::FixError::Refused(message)) => bail!("{message}"),
+        Err(agent::FixError::Unavailable(e)) => {
+            if cli.verbose {
+                eprintln!("asme: the agent cannot fix here ({e:#}); using a container");
+            }
+            fix_in_container(cli, args, &paths, &policies)
+        }
+    }
+}
+
+/// Has the running agent walk each tree as root: no container to start or tear down. Each
+/// tree is named by its parent folder, opened here with the user's own rights, and its name.
+fn fix_by_agent(
+    docker: &Docker,
+    exe: &Path,
+    paths: &[PathBuf],
+    policies: &[Policy],
+    summary_on_stderr: bool,
+) -> Result<bool, agent::FixError> {
+    let mut all_ok = true;
+    for (path, policy) in paths.iter().zip(policies) {
+        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+            return Err(agent::FixError::Refused(format!(
+                "{} is not yours",
+                path.display()
+            )));
+        };
+        let parent = rustix::fs::open(
+            parent,
+            rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .map_err(|e| agent::FixError::Refused(format!("{}: {e}", parent.display())))?;
+        let fixed = agent::fix(
+            docker,
+            exe,
+            parent.as_fd(),
+            &name.to_string_lossy(),
+            path,
+            policy,
+        )?;
+        for line in &fixed.problems {
+            report(line);
+        }
+        if summary_on_stderr {
+            eprintln!("{}", fixed.summary);
+        } else {
+            println!("{}", fixed.summary);
+        }
+        all_ok &= fixed.ok;
+    }
+    Ok(all_ok)
 }
 
 /// Gives what container ids `from` left under `paths` back to `owner`: the `fix` strategy's
@@ -393,26 +453,42 @@ pub fn fix_here(
             );
         }
     }
-    let tally = Tally::default();
-    let started = Instant::now();
-    let done = AtomicBool::new(false);
-    std::thread::scope(|threads| -> Result<()> {
-        if std::io::stderr().is_terminal() {
-            threads.spawn(|| show_progress(&tally, &done));
-        }
-        let result = Walk::run(policy, &tally, top, path)
-            .with_context(|| format!("walking {}", path.display()));
-        done.store(true, Ordering::Relaxed);
-        result
-    })?;
-    report_clear();
-    let summary = summary(&tally, policy, started.elapsed());
+    let progress = std::io::stderr().is_terminal();
+    let (summary, ok) = walk_tree(top, path, policy, &report, progress)?;
     if summary_on_stderr {
         eprintln!("{summary}");
     } else {
         println!("{summary}");
     }
-    Ok(tally.errors.load(Ordering::Relaxed) == 0)
+    Ok(ok)
+}
+
+/// Walks one opened tree, its problems to `report` (and a progress line on stderr if
+/// `progress`); returns the summary line and whether the walk went without error.
+pub fn walk_tree(
+    top: OwnedFd,
+    path: &Path,
+    policy: &Policy,
+    report: &Reporter<'_>,
+    progress: bool,
+) -> Result<(String, bool)> {
+    let tally = Tally::default();
+    let started = Instant::now();
+    let done = AtomicBool::new(false);
+    std::thread::scope(|threads| -> Result<()> {
+        if progress {
+            threads.spawn(|| show_progress(&tally, &done));
+        }
+        let result = Walk::run(policy, &tally, report, top, path)
+            .with_context(|| format!("walking {}", path.display()));
+        done.store(true, Ordering::Relaxed);
+        result
+    })?;
+    report_clear();
+    Ok((
+        summary(&tally, policy, started.elapsed()),
+        tally.errors.load(Ordering::Relaxed) == 0,
+    ))
 }
 
 /// Redraws one progress line on the terminal (stderr) until `done`. Display only: nothing

@@ -54,18 +54,33 @@ pub struct Walk<'a> {
     /// The device of the tree's top: entries elsewhere are other filesystems.
     dev: u64,
     pub tally: &'a Tally,
+    /// Where each problem line goes (stderr, or the agent's answer).
+    report: &'a Reporter<'a>,
 }
+
+/// Takes one problem line (a skip or an error, with its path).
+pub type Reporter<'r> = dyn Fn(&str) + Sync + 'r;
 
 impl<'a> Walk<'a> {
     /// Walks the tree whose top folder is `top` (already opened), the top included.
-    pub fn run(policy: &'a Policy, tally: &'a Tally, top: OwnedFd, path: &Path) -> io::Result<()> {
+    pub fn run(
+        policy: &'a Policy,
+        tally: &'a Tally,
+        report: &'a Reporter<'a>,
+        top: OwnedFd,
+        path: &Path,
+    ) -> io::Result<()> {
         let inode = sysfs::stat(top.as_fd())?;
         let walk = Walk {
             policy,
             dev: inode.dev,
             tally,
+            report,
         };
-        let mut counts = Counts { entries: 1, ..Counts::default() };
+        let mut counts = Counts {
+            entries: 1,
+            ..Counts::default()
+        };
         walk.act(top.as_fd(), inode, &|| path.to_path_buf(), &mut counts);
         counts.add_to(tally);
         let top = Arc::new(top);
@@ -163,7 +178,13 @@ impl<'a> Walk<'a> {
 
     /// Opens `name` without following or opening it, and acts on that very inode. Returns
     /// its type when it turned out to be a folder (not acted on here).
-    fn leaf(&self, dir: BorrowedFd<'_>, name: &CStr, dir_path: &Path, counts: &mut Counts) -> Option<FileType> {
+    fn leaf(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &CStr,
+        dir_path: &Path,
+        counts: &mut Counts,
+    ) -> Option<FileType> {
         let path = || dir_path.join(OsStr::from_bytes(name.to_bytes()));
         let fd = match sysfs::open_entry(dir, name) {
             Ok(fd) => fd,
@@ -195,7 +216,13 @@ impl<'a> Walk<'a> {
 
     /// Applies the policy to one inode, through its descriptor.
     /// The path is built only if a message needs it.
-    fn act(&self, fd: BorrowedFd<'_>, inode: Inode, path: &dyn Fn() -> PathBuf, counts: &mut Counts) {
+    fn act(
+        &self,
+        fd: BorrowedFd<'_>,
+        inode: Inode,
+        path: &dyn Fn() -> PathBuf,
+        counts: &mut Counts,
+    ) {
         match decide(self.policy, &inode) {
             Action::Fine => counts.fine += 1,
             Action::Skip(reason) => self.skip(&path(), reason),
@@ -216,7 +243,7 @@ impl<'a> Walk<'a> {
             Skip::OtherFilesystem => &self.tally.other_filesystem,
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        super::report(&format!("skipped {}: {reason}", quoted(path)));
+        (self.report)(&format!("skipped {}: {reason}", quoted(path)));
     }
 
     fn error(&self, path: &Path, what: &str, e: io::Error) {
@@ -226,7 +253,7 @@ impl<'a> Walk<'a> {
         } else {
             ""
         };
-        super::report(&format!("error {what} {}: {e}{hint}", quoted(path)));
+        (self.report)(&format!("error {what} {}: {e}{hint}", quoted(path)));
     }
 }
 
