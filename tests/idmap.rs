@@ -6,7 +6,7 @@ use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
-use std::sync::{Once, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use testenv::{
     ContainerName, Run, TestDir, User, as_user, asme_as, assert_all_owned, docker, image, ok,
@@ -16,14 +16,10 @@ use testenv::{
 /// The tests share one agent; `agent_stop_removes_it` takes it away, so it runs alone.
 static AGENT: RwLock<()> = RwLock::new(());
 
-/// Held by every test that needs the agent. The first one restarts the agent, so that the
-/// tests exercise the agent of this very build.
+/// Held by every test that needs the agent (the harness started each test process with a
+/// fresh one).
 fn agent() -> RwLockReadGuard<'static, ()> {
-    static FRESH: Once = Once::new();
-    FRESH.call_once(|| {
-        let _alone = AGENT.write().unwrap();
-        ok(Command::new(env!("CARGO_BIN_EXE_asme")).args(["agent", "stop"]));
-    });
+    testenv::users();
     AGENT.read().unwrap_or_else(|e| e.into_inner())
 }
 

@@ -62,6 +62,16 @@ fn setup() {
         );
         ensure_user(1000, "asme1000");
         ensure_user(1234, "asme1234");
+        // An agent left running by another build would answer for this one: start afresh.
+        let stop = Command::new(env!("CARGO_BIN_EXE_asme"))
+            .args(["agent", "stop"])
+            .output()
+            .unwrap();
+        assert!(
+            stop.status.success(),
+            "asme agent stop: {}",
+            String::from_utf8_lossy(&stop.stderr)
+        );
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/images/build.sh");
         let status = Command::new("bash")
             .arg(&script)
