@@ -118,10 +118,10 @@ pub struct FixArgs {
     #[arg(long)]
     pub follow_hardlinks: bool,
 
-    /// Print the summary on stderr (a repair after `asme run` must not add to the command's
-    /// output).
+    /// A repair after `asme run`: the summary goes to stderr, and only when something changed
+    /// (the command's own output must stay as it was).
     #[arg(long, hide = true)]
-    pub summary_on_stderr: bool,
+    pub repair: bool,
 
     /// (inside asme's container) DEV:INO that each PATH must have.
     #[arg(long, hide = true, value_delimiter = ',')]

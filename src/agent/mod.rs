@@ -96,9 +96,8 @@ pub fn lease(
 
 /// Answer to an `asme fix` request.
 pub struct Fixed {
-    pub summary: String,
+    pub walked: crate::fix::Walked,
     pub problems: Vec<String>,
-    pub ok: bool,
 }
 
 /// Has the agent walk the tree `name` in folder `parent` (opened by the caller) as root.
@@ -131,15 +130,7 @@ pub fn fix(
         .map_err(FixError::Unavailable)?
         .1
     {
-        Response::Fixed {
-            summary,
-            problems,
-            ok,
-        } => Ok(Fixed {
-            summary,
-            problems,
-            ok,
-        }),
+        Response::Fixed { walked, problems } => Ok(Fixed { walked, problems }),
         Response::Error { message, .. } => Err(FixError::Refused(message)),
         other => Err(FixError::Unavailable(anyhow!(
             "unexpected answer from the asme agent: {other:?}"

@@ -62,9 +62,8 @@ pub enum Response {
     /// A finished `asme fix`: its summary line, its problem lines, and whether it went
     /// without error.
     Fixed {
-        summary: String,
+        walked: crate::fix::Walked,
         problems: Vec<String>,
-        ok: bool,
     },
     Error {
         kind: ErrorKind,

@@ -279,26 +279,32 @@ fn fix_tree(
             return Err(Refusal(ErrorKind::Denied, message, None));
         }
     }
-    let problems = std::sync::Mutex::new(Vec::new());
+    // (lines, their bytes, lines left out): enough to say what is wrong, never an unbounded
+    // answer.
+    let problems = std::sync::Mutex::new((Vec::new(), 0usize, 0u64));
     let report = |line: &str| {
         let mut problems = problems.lock().unwrap_or_else(|e| e.into_inner());
-        // Enough to say what is wrong without an unbounded answer.
-        if problems.len() < MAX_PROBLEMS {
-            problems.push(line.to_string());
+        if problems.1 + line.len() <= MAX_PROBLEM_BYTES {
+            problems.1 += line.len();
+            problems.0.push(line.to_string());
+        } else {
+            problems.2 += 1;
         }
     };
-    let (summary, ok) = fix::walk_tree(top, Path::new(path), policy, &report, false)
+    let walked = fix::walk_tree(top, Path::new(path), policy, &report, false)
         .map_err(|e| Refusal(ErrorKind::Failed, format!("{e:#}"), None))?;
-    let problems = problems.into_inner().unwrap_or_else(|e| e.into_inner());
+    let (mut lines, _, left_out) = problems.into_inner().unwrap_or_else(|e| e.into_inner());
+    if left_out > 0 {
+        lines.push(format!("... and {left_out} more problems like these"));
+    }
     Ok(Response::Fixed {
-        summary,
-        problems,
-        ok,
+        walked,
+        problems: lines,
     })
 }
 
-/// The most problem lines one `fix` answer carries.
-const MAX_PROBLEMS: usize = 10_000;
+/// How much problem text one `fix` answer carries.
+const MAX_PROBLEM_BYTES: usize = 256 * 1024;
 
 /// A peer gets mappings to its own ids only; root may ask for anyone.
 fn check_owner(peer: socket::Peer, owner_uid: u32, owner_gid: u32) -> Result<(), Refusal> {

@@ -192,7 +192,7 @@ pub fn main(cli: &Cli, args: &FixArgs) -> Result<bool> {
             .collect::<Result<Vec<_>>>()?;
         let mut ok = true;
         for (i, (path, policy)) in paths.iter().zip(&policies).enumerate() {
-            ok &= fix_here(path, policy, expect.get(i).copied(), args.summary_on_stderr)?;
+            ok &= fix_here(path, policy, expect.get(i).copied(), args.repair)?;
         }
         return Ok(ok);
     }
@@ -202,7 +202,7 @@ pub fn main(cli: &Cli, args: &FixArgs) -> Result<bool> {
     if std::env::var_os("ASME_NO_AGENT").is_some_and(|v| v == "1") {
         return fix_in_container(cli, args, &paths, &policies);
     }
-    match fix_by_agent(&docker, &exe, &paths, &policies, args.summary_on_stderr) {
+    match fix_by_agent(&docker, &exe, &paths, &policies, args.repair) {
         Ok(ok) => Ok(ok),
         Err(agent::FixError::Refused(message)) => bail!("{message}"),
         Err(agent::FixError::Unavailable(e)) => {
@@ -221,7 +221,7 @@ fn fix_by_agent(
     exe: &Path,
     paths: &[PathBuf],
     policies: &[Policy],
-    summary_on_stderr: bool,
+    repair: bool,
 ) -> Result<bool, agent::FixError> {
     let mut all_ok = true;
     for (path, policy) in paths.iter().zip(policies) {
@@ -248,12 +248,8 @@ fn fix_by_agent(
         for line in &fixed.problems {
             report(line);
         }
-        if summary_on_stderr {
-            eprintln!("{}", fixed.summary);
-        } else {
-            println!("{}", fixed.summary);
-        }
-        all_ok &= fixed.ok;
+        fixed.walked.print(repair);
+        all_ok &= fixed.walked.ok;
     }
     Ok(all_ok)
 }
@@ -282,7 +278,7 @@ pub fn repair(cli: &Cli, paths: &[PathBuf], owner: Owner, from: (u32, u32)) -> R
         cross_mounts: false,
         follow_hardlinks: false,
         expect: Vec::new(),
-        summary_on_stderr: true,
+        repair: true,
         paths: mine,
     };
     main(cli, &args)
@@ -405,7 +401,7 @@ fn fix_in_container(
         argv.push(format!("--from={from}"));
     }
     for (flag, on) in [
-        ("--summary-on-stderr", args.summary_on_stderr),
+        ("--repair", args.repair),
         ("--all", args.all),
         ("--dry-run", args.dry_run),
         ("--cross-mounts", args.cross_mounts),
@@ -439,7 +435,7 @@ pub fn fix_here(
     path: &Path,
     policy: &Policy,
     expect: Option<(u64, u64)>,
-    summary_on_stderr: bool,
+    repair: bool,
 ) -> Result<bool> {
     sysfs::raise_open_files_limit();
     let top = sysfs::open_top(path).with_context(|| format!("opening {}", path.display()))?;
@@ -454,13 +450,9 @@ pub fn fix_here(
         }
     }
     let progress = std::io::stderr().is_terminal();
-    let (summary, ok) = walk_tree(top, path, policy, &report, progress)?;
-    if summary_on_stderr {
-        eprintln!("{summary}");
-    } else {
-        println!("{summary}");
-    }
-    Ok(ok)
+    let walked = walk_tree(top, path, policy, &report, progress)?;
+    walked.print(repair);
+    Ok(walked.ok)
 }
 
 /// Walks one opened tree, its problems to `report` (and a progress line on stderr if
@@ -471,7 +463,7 @@ pub fn walk_tree(
     policy: &Policy,
     report: &Reporter<'_>,
     progress: bool,
-) -> Result<(String, bool)> {
+) -> Result<Walked> {
     let tally = Tally::default();
     let started = Instant::now();
     let done = AtomicBool::new(false);
@@ -485,10 +477,36 @@ pub fn walk_tree(
         result
     })?;
     report_clear();
-    Ok((
-        summary(&tally, policy, started.elapsed()),
-        tally.errors.load(Ordering::Relaxed) == 0,
-    ))
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    Ok(Walked {
+        summary: summary(&tally, policy, started.elapsed()),
+        ok: load(&tally.errors) == 0,
+        eventful: load(&tally.changed) + load(&tally.hard_linked) + load(&tally.other_filesystem)
+            > 0,
+    })
+}
+
+/// What a walk tells its caller.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Walked {
+    /// The one-line summary.
+    pub summary: String,
+    /// No entry failed.
+    pub ok: bool,
+    /// Something was changed or skipped: worth telling even after a quiet run.
+    pub eventful: bool,
+}
+
+impl Walked {
+    /// Prints the summary: on stdout for `asme fix`; after a run (`repair`) on stderr, and only
+    /// when there is news, so the command's own output stays as it was.
+    pub fn print(&self, repair: bool) {
+        if !repair {
+            println!("{}", self.summary);
+        } else if self.eventful || !self.ok {
+            eprintln!("{}", self.summary);
+        }
+    }
 }
 
 /// Redraws one progress line on the terminal (stderr) until `done`. Display only: nothing
