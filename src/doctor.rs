@@ -16,7 +16,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::cli::Cli;
-use crate::owner::{self, Owner};
+use crate::owner::Owner;
 use crate::run::cache::Cache;
 use crate::run::engine::Docker;
 
@@ -193,7 +193,7 @@ fn examine(cli: &Cli, path: Option<&Path>) -> Result<Report> {
             .as_ref()
             .map(|_| security_options(&info).any(|o| o.contains("name=seccomp"))),
     };
-    let owner = expected_owner(cli);
+    let owner = crate::run::invoking_owner(cli);
     let (strategies, tried) = match docker.as_ref().map(|d| self_tests(d, &path, owner)) {
         Some(Ok(strategies)) => (strategies, true),
         Some(Err(e)) => (Strategies::failed(&format!("{e:#}")), false),
@@ -273,22 +273,6 @@ fn security_options(info: &Value) -> impl Iterator<Item = &str> {
         .into_iter()
         .flatten()
         .filter_map(Value::as_str)
-}
-
-/// Whom `asme run` makes the files belong to, decided as it decides.
-fn expected_owner(cli: &Cli) -> Owner {
-    let host_passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
-    let sudo_uid = std::env::var("SUDO_UID").ok();
-    let sudo_gid = std::env::var("SUDO_GID").ok();
-    owner::resolve(
-        cli.owner,
-        &owner::Invocation {
-            real: crate::sys::real_ids(),
-            sudo_uid: sudo_uid.as_deref(),
-            sudo_gid: sudo_gid.as_deref(),
-            host_passwd: &host_passwd,
-        },
-    )
 }
 
 /// Runs every strategy for real on a temp folder inside `path` (so on its filesystem); an

@@ -411,28 +411,21 @@ fn the_fix_strategy_repairs_however_the_run_ends() {
     for (how, status) in [("docker-kill", 137), ("TERM", 143), ("INT", 130)] {
         let dir = TestDir::new(user, &format!("fixrun-{how}"));
         let name = testenv::ContainerName::new("fixrun");
-        let mut child = fix_strategy(
-            user,
-            &dir.path,
-            &[
-                "--name",
-                &name.0,
-                &bb,
-                "sh",
-                "-c",
-                "touch /w/f; echo up; sleep 600",
-            ],
-        )
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-        let mut line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-            &mut line,
-        )
-        .unwrap();
-        assert_eq!(line, "up\n");
+        let (mut child, _out) = testenv::spawn_until(
+            fix_strategy(
+                user,
+                &dir.path,
+                &[
+                    "--name",
+                    &name.0,
+                    &bb,
+                    "sh",
+                    "-c",
+                    "touch /w/f; echo up; sleep 600",
+                ],
+            ),
+            "up",
+        );
         match how {
             "docker-kill" => {
                 ok(docker(&["kill", &name.0]));
@@ -458,27 +451,21 @@ fn a_repair_left_by_a_killed_asme_is_completed_by_the_next_run() {
     let bb = image("busybox");
     let dir = TestDir::new(user, "fixrun-sigkill");
     let name = testenv::ContainerName::new("fixrun-kill");
-    let mut child = fix_strategy(
-        user,
-        &dir.path,
-        &[
-            "--name",
-            &name.0,
-            &bb,
-            "sh",
-            "-c",
-            "mkdir /w/left; touch /w/left/f; echo up; sleep 600",
-        ],
-    )
-    .stdout(std::process::Stdio::piped())
-    .spawn()
-    .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
+    let (mut child, _out) = testenv::spawn_until(
+        fix_strategy(
+            user,
+            &dir.path,
+            &[
+                "--name",
+                &name.0,
+                &bb,
+                "sh",
+                "-c",
+                "mkdir /w/left; touch /w/left/f; echo up; sleep 600",
+            ],
+        ),
+        "up",
+    );
     child.kill().unwrap();
     child.wait().unwrap();
     ok(docker(&["rm", "-f", &name.0]));

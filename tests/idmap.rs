@@ -407,34 +407,27 @@ fn nothing_outlives_the_run() {
     .ok();
     // A client killed while its container runs: the agent notices the closed connection.
     let name = ContainerName::new("idmap-killed");
-    let mut child = asme_as(
-        user,
-        &dir.path,
-        &[
-            "--strategy",
-            "idmap",
-            "run",
-            "--rm",
-            "--name",
-            &name.0,
-            "-v",
-            &mount,
-            &image("busybox"),
-            "sh",
-            "-c",
-            "echo up; sleep 600",
-        ],
-    )
-    .stdout(std::process::Stdio::piped())
-    .spawn()
-    .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    assert_eq!(line, "up\n");
+    let (mut child, _out) = testenv::spawn_until(
+        asme_as(
+            user,
+            &dir.path,
+            &[
+                "--strategy",
+                "idmap",
+                "run",
+                "--rm",
+                "--name",
+                &name.0,
+                "-v",
+                &mount,
+                &image("busybox"),
+                "sh",
+                "-c",
+                "echo up; sleep 600",
+            ],
+        ),
+        "up",
+    );
     child.kill().unwrap();
     child.wait().unwrap();
     ok(docker(&["rm", "-f", &name.0]));

@@ -2,7 +2,7 @@
 
 mod testenv;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
@@ -17,28 +17,23 @@ fn start_trapping(
     let user = user1234();
     let dir = TestDir::new(user, "signals");
     let script = format!("trap 'echo got-{sig}; exit 42' {sig}; echo ready; sleep 600 & wait");
-    let mut child = asme_as(
-        user,
-        &dir.path,
-        &[
-            "run",
-            "--rm",
-            "--name",
-            &name.0,
-            &image("busybox"),
-            "sh",
-            "-c",
-            &script,
-        ],
+    testenv::spawn_until(
+        asme_as(
+            user,
+            &dir.path,
+            &[
+                "run",
+                "--rm",
+                "--name",
+                &name.0,
+                &image("busybox"),
+                "sh",
+                "-c",
+                &script,
+            ],
+        ),
+        "ready",
     )
-    .stdout(Stdio::piped())
-    .spawn()
-    .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    assert_eq!(line, "ready\n");
-    (child, out)
 }
 
 fn finish(

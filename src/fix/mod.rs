@@ -165,7 +165,7 @@ pub fn main(cli: &Cli, args: &FixArgs) -> Result<bool> {
                 }
             }
             Some(spec) => owner_spec(spec, cli)?,
-            None => crate::run::invoking_owner(cli)?,
+            None => crate::run::invoking_owner(cli),
         };
         if !is_root {
             check_may_fix(path, owner, me.0)?;
@@ -335,12 +335,10 @@ fn check_may_fix(path: &Path, owner: Owner, me: u32) -> Result<()> {
 
 fn owner_spec(spec: &str, cli: &Cli) -> Result<Owner> {
     let spec: crate::owner::OwnerSpec = spec.parse()?;
-    let mut with_owner = cli.owner;
-    with_owner.replace(spec);
-    crate::run::invoking_owner(&Cli {
-        owner: with_owner,
+    Ok(crate::run::invoking_owner(&Cli {
+        owner: Some(spec),
         ..cli.clone()
-    })
+    }))
 }
 
 fn parse_dev_ino(text: &str) -> Result<(u64, u64)> {

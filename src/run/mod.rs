@@ -68,7 +68,7 @@ pub fn run(cli: &Cli, argv: &[String]) -> Result<()> {
     let docker = Docker::detect()?;
     let image = docker.ensure_image(&args.image, PullPolicy::parse(args.last("pull"))?)?;
     let command = plan::command_line(&args, &image)?;
-    let owner = invoking_owner(cli)?;
+    let owner = invoking_owner(cli);
     let exe = injected_exe()?;
     let cache = Cache::open()?;
     fix::complete_pending(cli, &cache.pending_dir());
@@ -353,11 +353,11 @@ fn root_owned_folder(dir: BorrowedFd<'_>) -> Option<String> {
 }
 
 /// The owner for this invocation: `--owner`, sudo's user, or the real ids.
-pub fn invoking_owner(cli: &Cli) -> Result<Owner> {
+pub fn invoking_owner(cli: &Cli) -> Owner {
     let host_passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
     let sudo_uid = std::env::var("SUDO_UID").ok();
     let sudo_gid = std::env::var("SUDO_GID").ok();
-    Ok(owner::resolve(
+    owner::resolve(
         cli.owner,
         &owner::Invocation {
             real: crate::sys::real_ids(),
@@ -365,7 +365,7 @@ pub fn invoking_owner(cli: &Cli) -> Result<Owner> {
             sudo_gid: sudo_gid.as_deref(),
             host_passwd: &host_passwd,
         },
-    ))
+    )
 }
 
 /// The path of this very binary, to be mounted into the container as its init.

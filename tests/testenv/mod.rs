@@ -326,3 +326,25 @@ pub fn docker(args: &[&str]) -> Command {
     cmd.args(args).stdin(Stdio::null());
     cmd
 }
+
+/// Starts `cmd` with stdout piped and returns once its first line is `first`, with the rest
+/// of its output still to read: how a test knows the container is up, without sleeping.
+pub fn spawn_until(
+    mut cmd: impl BorrowMut<Command>,
+    first: &str,
+) -> (
+    std::process::Child,
+    std::io::BufReader<std::process::ChildStdout>,
+) {
+    use std::io::BufRead;
+    let mut child = cmd
+        .borrow_mut()
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawning");
+    let mut out = std::io::BufReader::new(child.stdout.take().expect("piped"));
+    let mut line = String::new();
+    out.read_line(&mut line).expect("reading the first line");
+    assert_eq!(line.trim_end(), first, "unexpected first line");
+    (child, out)
+}
