@@ -308,7 +308,14 @@ fn explicit_user_is_honoured() {
 fn image_entrypoint_cmd_workdir_env_are_kept() {
     // An image with ENTRYPOINT, CMD, WORKDIR and ENV, made from the busybox test image.
     let base = image("busybox");
-    let tag = "asme-test/entrypoint:e2e";
+    let tag = format!("asme-test/entrypoint:e2e-{}", std::process::id());
+    let tag = tag.as_str();
+    struct RemoveImage<'a>(&'a str);
+    impl Drop for RemoveImage<'_> {
+        fn drop(&mut self) {
+            let _ = docker(&["image", "rm", self.0]).output();
+        }
+    }
     let cid = ok(&mut docker(&["create", &base, "true"]));
     ok(&mut docker(&[
         "commit",
@@ -324,6 +331,7 @@ fn image_entrypoint_cmd_workdir_env_are_kept() {
         tag,
     ]));
     ok(&mut docker(&["rm", cid.trim()]));
+    let _remove = RemoveImage(tag);
     let user = user1234();
     let dir = TestDir::new(user, "ep");
     let cases: &[&[&str]] = &[
