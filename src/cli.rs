@@ -81,7 +81,7 @@ pub enum Command {
     ///
     /// Never follows a symlink, never changes a hard-linked file or enters another
     /// filesystem unless asked, and acts on exactly what it examined. Without root, the walk
-    /// runs as root in a throwaway container from asme's own image.
+    /// runs as root in asme's agent container (or, where it cannot run, a throwaway one).
     Fix(FixArgs),
 
     /// The idmap agent: the container that makes idmapped mounts for `asme run`.
