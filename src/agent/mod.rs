@@ -1,5 +1,5 @@
-//! The idmap agent: a long-lived container, started on demand from asme's own binary, that
-//! makes idmapped mounts for ordinary users over a root:docker socket.
+//! The agent: a long-lived container, started on demand from asme's own binary, that makes
+//! idmapped mounts and runs `asme fix` for ordinary users over a root:docker socket.
 //!
 //! This module is the client side (start, lease, stop); `server` is the agent; `protocol` is
 //! what they say. Making idmapped mounts needs CAP_SYS_ADMIN in the host's namespaces, which

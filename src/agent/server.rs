@@ -1,11 +1,14 @@
-//! `asme agent serve`: the long-lived, privileged half of the idmap strategy.
+//! `asme agent serve`: the long-lived, privileged half of the idmap strategy and of `asme fix`
+//! for ordinary users.
 //!
-//! It runs in a container that asme starts from its own binary with exactly the privileges the
-//! kernel sequence needs (see `client::start`), joins the host's mount namespace, and answers
-//! requests on a root:docker socket. Each answer is a lease: idmapped copies of the peer's
-//! folders, attached under a root-only folder, detached as soon as the peer's connection
-//! closes (the `docker run` that uses them has ended, or crashed). Leases a killed agent left
-//! behind are detached when the next one starts.
+//! It runs in a container that asme starts from its own binary with exactly the privileges
+//! those two jobs need (see `agent::start`), joins the engine's mount namespace, and answers
+//! requests on a root:docker socket, each checked against the peer's credentials:
+//! - `prepare`: a lease of idmapped copies of the peer's folders, attached under a root-only
+//!   folder and detached as soon as the peer's connection closes (the `docker run` that uses
+//!   them has ended, or crashed). Leases a killed agent left behind are detached when the next
+//!   one starts.
+//! - `fix`: `asme fix`'s walker, as root, over a tree of the peer's.
 
 use std::fs;
 use std::io;
