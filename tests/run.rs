@@ -556,3 +556,13 @@ fn the_host_binary_cannot_be_changed_from_inside() {
     }
     assert!(fs::read(exe).unwrap() == before, "the host binary changed");
 }
+
+#[test]
+fn root_as_owner_keeps_the_images_user() {
+    // asme run by root itself (no sudo): nothing to map, and an image meant to run as a
+    // non-root USER must not become root.
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_asme"));
+    cmd.env_remove("SUDO_UID").env_remove("SUDO_GID");
+    cmd.args(["run", "--rm", &image("user1000"), "id", "-un"]);
+    assert_eq!(ok(&mut cmd), "app\n");
+}

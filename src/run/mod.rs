@@ -58,6 +58,22 @@ struct Setup {
     lease: Option<agent::Lease>,
 }
 
+impl Setup {
+    /// The container runs as docker would run it (its image's USER or `--user`), with asme as
+    /// init and nothing else changed.
+    fn keep_user(args: &RunArgs) -> Setup {
+        Setup {
+            args: args.clone(),
+            user: args.last("user").map(str::to_string),
+            group_add: Vec::new(),
+            account_files: None,
+            home_tmpfs: None,
+            home_env: None,
+            lease: None,
+        }
+    }
+}
+
 /// Runs `docker run ARGS` as asme; returns only on error (otherwise docker replaces us).
 pub fn run(cli: &Cli, argv: &[String]) -> Result<()> {
     if matches!(argv.first().map(String::as_str), Some("--help" | "-h")) {
@@ -90,9 +106,12 @@ pub fn run(cli: &Cli, argv: &[String]) -> Result<()> {
         Strategy::Fix => return run_then_repair(&ctx, &args, &command),
         Strategy::User => user_setup(&ctx, &args)?,
         Strategy::Idmap => idmap_setup(&ctx, &args)?,
-        // idmap keeps the container's own user, so it is the first choice; an owner who is
-        // root needs no mapping at all.
-        Strategy::Auto if owner.uid == 0 => user_setup(&ctx, &args)?,
+        // idmap keeps the container's own user, so it is the first choice. An owner who is
+        // root needs no mapping, and must not turn an image's non-root USER into root either.
+        Strategy::Auto if owner.uid == 0 => {
+            ctx.say("strategy auto: you are root, so the container keeps its own user");
+            Setup::keep_user(&args)
+        }
         Strategy::Auto => match idmap_setup(&ctx, &args) {
             Ok(setup) => setup,
             Err(e) => {
@@ -178,15 +197,8 @@ fn run_then_repair(ctx: &Context, args: &RunArgs, command: &[String]) -> Result<
 /// Strategy `user`: run as the owner with a synthesised account.
 fn user_setup(ctx: &Context, args: &RunArgs) -> Result<Setup> {
     let owner = ctx.owner;
-    let mut setup = Setup {
-        args: args.clone(),
-        user: None,
-        group_add: Vec::new(),
-        account_files: None,
-        home_tmpfs: None,
-        home_env: None,
-        lease: None,
-    };
+    let mut setup = Setup::keep_user(args);
+    setup.user = None;
     match plan::run_as(args, owner, &ctx.facts) {
         RunAs::Explicit(user) => {
             ctx.say(format_args!(
@@ -230,15 +242,7 @@ fn idmap_setup(ctx: &Context, args: &RunArgs) -> Result<Setup> {
     let spec = user.as_deref().unwrap_or(&ctx.image.user);
     let container = plan::container_ids(spec, &ctx.facts).map_err(|e| anyhow::anyhow!(e))?;
     let binds = mounts::bind_mounts(args);
-    let mut setup = Setup {
-        args: args.clone(),
-        user,
-        group_add: Vec::new(),
-        account_files: None,
-        home_tmpfs: None,
-        home_env: None,
-        lease: None,
-    };
+    let mut setup = Setup::keep_user(args);
     ctx.say(format_args!(
         "strategy idmap: the container keeps uid {}:{}; in {} bind mount(s) its writes are stored as {}",
         container.0,
