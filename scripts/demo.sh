@@ -30,3 +30,8 @@ echo
 echo "On the host you are $(id -un) (uid $(id -u)); the files are owned by:"
 ls -lnd "$out"/*/build "$out"/*/build/output | awk '{print "  " $3 ":" $4 "  " $9}'
 echo "(what plain docker wrote is root's: you cannot remove $out/plain/build without sudo)"
+echo
+echo "+ asme fix $out/plain"
+"$asme" fix "$out/plain"
+ls -lnd "$out/plain/build" "$out/plain/build/output" | awk '{print "  " $3 ":" $4 "  " $9}'
+rm -rf "$out"

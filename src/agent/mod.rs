@@ -16,12 +16,12 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Result, anyhow, bail};
 
 use crate::owner::Owner;
 use crate::run::engine::{Docker, SELF_IMAGE_LABEL};
 use crate::sys::socket;
-use protocol::{ErrorKind, PROTOCOL, Request, Response, SOCKET};
+use protocol::{BUILD, ErrorKind, PROTOCOL, Request, Response, SOCKET};
 
 /// The agent container's name: one per engine.
 pub const CONTAINER: &str = "asme-agent";
@@ -70,12 +70,14 @@ pub fn lease(
 ) -> Result<Lease, LeaseError> {
     let request = Request::Prepare {
         protocol: PROTOCOL,
+        build: BUILD.to_string(),
         container_uid: container.0,
         container_gid: container.1,
         owner_uid: owner.uid,
         owner_gid: owner.gid,
     };
-    let (conn, response) = ask(docker, exe, &request, sources, Some(DEADLINE))?;
+    let (conn, response) =
+        ask(docker, exe, &request, sources, Some(DEADLINE)).map_err(anyhow::Error::from)?;
     match response {
         Response::Prepared { paths } if paths.len() == sources.len() => Ok(Lease {
             conn,
@@ -116,6 +118,7 @@ pub fn fix(
     };
     let request = Request::Fix {
         protocol: PROTOCOL,
+        build: BUILD.to_string(),
         name: name.to_string(),
         path: path.to_string_lossy().into_owned(),
         owner_uid: policy.owner.uid,
@@ -126,13 +129,14 @@ pub fn fix(
         follow_hardlinks: policy.hard_links == crate::fix::HardLinks::Follow,
         cross_mounts: policy.cross_mounts,
     };
-    match ask(docker, exe, &request, &[parent], None)
-        .map_err(FixError::Unavailable)?
-        .1
-    {
+    let answer = ask(docker, exe, &request, &[parent], None).map_err(|e| match e {
+        AskError::Unreachable(e) => FixError::Unavailable(e),
+        AskError::Answer(e) => FixError::Refused(format!("{e:#}")),
+    })?;
+    match answer.1 {
         Response::Fixed { walked, problems } => Ok(Fixed { walked, problems }),
         Response::Error { message, .. } => Err(FixError::Refused(message)),
-        other => Err(FixError::Unavailable(anyhow!(
+        other => Err(FixError::Refused(format!(
             "unexpected answer from the asme agent: {other:?}"
         ))),
     }
@@ -141,7 +145,8 @@ pub fn fix(
 /// Why the agent did not fix a tree.
 #[derive(Debug, thiserror::Error)]
 pub enum FixError {
-    /// It looked and said no (not the caller's tree, cannot open it): final.
+    /// It said no (not the caller's tree, cannot open it), or answered something unreadable
+    /// after it may have acted: final, no other way is tried.
     #[error("{0}")]
     Refused(String),
     /// It could not be asked (not running and not startable here): try another way.
@@ -157,21 +162,43 @@ fn ask(
     request: &Request,
     fds: &[BorrowedFd<'_>],
     deadline: Option<Duration>,
-) -> Result<(UnixStream, Response)> {
+) -> Result<(UnixStream, Response), AskError> {
     let mut restarted = false;
     loop {
-        let conn = connect_or_start(docker, exe)?;
-        let response =
-            exchange(&conn, request, fds, deadline).context("talking to the asme agent")?;
+        let conn = connect_or_start(docker, exe).map_err(AskError::Unreachable)?;
+        // Once the request is sent the agent may have acted: no way back from here.
+        let response = exchange(&conn, request, fds, deadline).map_err(|e| {
+            AskError::Answer(anyhow!(
+                "the asme agent's answer could not be read ({e}); if it is from another asme \
+                 version, 'asme agent stop' replaces it"
+            ))
+        })?;
         match response {
             Response::Error {
                 kind: ErrorKind::Protocol,
                 ..
             } if !restarted => {
-                stop(docker)?;
+                stop(docker).map_err(AskError::Unreachable)?;
                 restarted = true;
             }
             response => return Ok((conn, response)),
+        }
+    }
+}
+
+/// Why a request got no usable answer.
+#[derive(Debug)]
+enum AskError {
+    /// The agent could not be reached or started: nothing was asked.
+    Unreachable(anyhow::Error),
+    /// The request went out, the answer did not make sense: the agent may have acted.
+    Answer(anyhow::Error),
+}
+
+impl From<AskError> for anyhow::Error {
+    fn from(e: AskError) -> anyhow::Error {
+        match e {
+            AskError::Unreachable(e) | AskError::Answer(e) => e,
         }
     }
 }

@@ -4,7 +4,11 @@
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever a message changes meaning; an agent speaking another version is replaced.
-pub const PROTOCOL: u32 = 2;
+pub const PROTOCOL: u32 = 3;
+
+/// This build's id (see build.rs): an agent of another build is replaced too, so that an
+/// upgrade never leaves an old agent serving new clients.
+pub const BUILD: &str = env!("ASME_BUILD");
 
 /// Where the agent listens on the host: root:docker, mode 0660.
 pub const SOCKET: &str = "/run/asme/agent.sock";
@@ -20,12 +24,18 @@ pub const MAX_SOURCES: usize = 64;
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
     /// Are you there, and do you speak my protocol?
-    Ping { protocol: u32 },
+    Ping {
+        protocol: u32,
+        #[serde(default)]
+        build: String,
+    },
     /// Make idmapped copies of the attached folders (in order) where container ids
     /// `container_uid`/`container_gid` are stored as the owner, and lease them to this
     /// connection.
     Prepare {
         protocol: u32,
+        #[serde(default)]
+        build: String,
         container_uid: u32,
         container_gid: u32,
         owner_uid: u32,
@@ -35,6 +45,8 @@ pub enum Request {
     /// entries of `from` (or everyone's, with `all`) become the owner's.
     Fix {
         protocol: u32,
+        #[serde(default)]
+        build: String,
         name: String,
         /// The tree's path as the peer knows it, for messages.
         path: String,
@@ -97,6 +109,7 @@ mod tests {
     fn wire_format_is_stable() {
         let request = Request::Prepare {
             protocol: 1,
+            build: "b".into(),
             container_uid: 0,
             container_gid: 0,
             owner_uid: 1234,
@@ -104,7 +117,7 @@ mod tests {
         };
         assert_eq!(
             serde_json::to_string(&request).unwrap(),
-            r#"{"op":"prepare","protocol":1,"container_uid":0,"container_gid":0,"owner_uid":1234,"owner_gid":1234}"#
+            r#"{"op":"prepare","protocol":1,"build":"b","container_uid":0,"container_gid":0,"owner_uid":1234,"owner_gid":1234}"#
         );
         let response = Response::Error {
             kind: ErrorKind::Unsupported,

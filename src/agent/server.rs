@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use nix::sys::signal::{SigSet, Signal};
 
-use super::protocol::{ErrorKind, LEASES, MAX_SOURCES, PROTOCOL, Request, Response, SOCKET};
+use super::protocol::{BUILD, ErrorKind, LEASES, MAX_SOURCES, PROTOCOL, Request, Response, SOCKET};
 use crate::fix;
 use crate::identity::GroupFile;
 use crate::idmap::{self, IdMap};
@@ -179,6 +179,7 @@ fn handle(conn: &UnixStream) -> Result<(Response, Option<PathBuf>), Refusal> {
         Request::Ping { .. } => Ok((Response::Pong { protocol: PROTOCOL }, None)),
         Request::Fix {
             protocol,
+            build,
             name,
             path,
             owner_uid,
@@ -189,10 +190,7 @@ fn handle(conn: &UnixStream) -> Result<(Response, Option<PathBuf>), Refusal> {
             follow_hardlinks,
             cross_mounts,
         } => {
-            if protocol != PROTOCOL {
-                let message = format!("protocol {protocol}, agent speaks {PROTOCOL}");
-                return Err(Refusal(ErrorKind::Protocol, message, None));
-            }
+            same_build(protocol, &build)?;
             check_owner(peer, owner_uid, owner_gid)?;
             let [parent] = sources.as_slice() else {
                 return Err(Refusal(
@@ -226,15 +224,13 @@ fn handle(conn: &UnixStream) -> Result<(Response, Option<PathBuf>), Refusal> {
         }
         Request::Prepare {
             protocol,
+            build,
             container_uid,
             container_gid,
             owner_uid,
             owner_gid,
         } => {
-            if protocol != PROTOCOL {
-                let message = format!("protocol {protocol}, agent speaks {PROTOCOL}");
-                return Err(Refusal(ErrorKind::Protocol, message, None));
-            }
+            same_build(protocol, &build)?;
             check_owner(peer, owner_uid, owner_gid)?;
             if sources.is_empty() || sources.len() > MAX_SOURCES {
                 let message = format!("expected 1 to {MAX_SOURCES} folders, got {}", sources.len());
@@ -308,6 +304,17 @@ fn fix_tree(
 
 /// How much problem text one `fix` answer carries.
 const MAX_PROBLEM_BYTES: usize = 256 * 1024;
+
+/// Serves only clients of this very build: any other one replaces the agent (ErrorKind::Protocol).
+fn same_build(protocol: u32, build: &str) -> Result<(), Refusal> {
+    if protocol != PROTOCOL || build != BUILD {
+        let message = format!(
+            "client protocol {protocol} build {build}, agent protocol {PROTOCOL} build {BUILD}"
+        );
+        return Err(Refusal(ErrorKind::Protocol, message, None));
+    }
+    Ok(())
+}
 
 /// A peer gets mappings to its own ids only; root may ask for anyone.
 fn check_owner(peer: socket::Peer, owner_uid: u32, owner_gid: u32) -> Result<(), Refusal> {
