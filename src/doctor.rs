@@ -35,7 +35,8 @@ pub struct Report {
     pub fuse: Fuse,
     pub security: Security,
     pub strategies: Strategies,
-    /// The strategy `--strategy auto` will use: "idmap", "user" or "none".
+    /// The strategy `--strategy auto` will use: "idmap", "user", "fix", "none", or "keep"
+    /// (the owner is root: the container keeps its own user, nothing is mapped).
     pub auto: &'static str,
 }
 
@@ -199,7 +200,10 @@ fn examine(cli: &Cli, path: Option<&Path>) -> Result<Report> {
         Some(Err(e)) => (Strategies::failed(&format!("{e:#}")), false),
         None => (Strategies::failed("no engine"), false),
     };
-    let auto = if strategies.idmap.ok {
+    // As `asme run` decides: an owner who is root keeps the container's own user.
+    let auto = if owner.uid == 0 && strategies.user.ok {
+        "keep"
+    } else if strategies.idmap.ok {
         "idmap"
     } else if strategies.user.ok {
         "user"
@@ -506,6 +510,7 @@ fn table(report: &Report) -> String {
     }
     out.push_str(&match report.auto {
         "none" => "auto: no strategy works here, so asme run will fail\n".to_string(),
+        "keep" => "auto: you are root, so asme run keeps the container's own user\n".to_string(),
         strategy => format!("auto: asme run will use the {strategy} strategy\n"),
     });
     out

@@ -125,3 +125,16 @@ fn no_engine_means_no_strategy_and_exit_1() {
     assert_eq!(report["strategies"]["user"]["ok"], false);
     assert_eq!(report["auto"], "none");
 }
+
+#[test]
+fn root_is_told_that_nothing_is_mapped() {
+    let _one_at_a_time = one_at_a_time();
+    let dir = TestDir::new(testenv::user1234(), "doctor-root");
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_asme"));
+    cmd.env_remove("SUDO_UID")
+        .env_remove("SUDO_GID")
+        .args(["doctor", "--json"])
+        .arg(&dir.path);
+    let report: serde_json::Value = serde_json::from_str(&ok(&mut cmd)).unwrap();
+    assert_eq!(report["auto"], "keep", "{report:#}");
+}
