@@ -489,3 +489,16 @@ fn a_repair_left_by_a_killed_asme_is_completed_by_the_next_run() {
     assert_given_back(&dir.path, user);
     assert_eq!(fs::read_dir(&journal).unwrap().count(), 0);
 }
+
+#[test]
+fn a_tree_whose_own_name_is_not_utf8() {
+    use std::os::unix::ffi::OsStrExt;
+    let user = user1234();
+    let dir = TestDir::new(user, "fix-name");
+    let tree = dir.path.join(std::ffi::OsStr::from_bytes(b"bad-\xff-name"));
+    fs::create_dir(&tree).unwrap();
+    fs::write(tree.join("root-file"), "").unwrap();
+    let run = Run::of(asme_as(user, &dir.path, &["fix"]).arg(&tree));
+    assert_eq!(run.code(), Some(0), "{}", run.explain());
+    assert_given_back(&tree, user);
+}

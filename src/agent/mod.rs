@@ -108,7 +108,7 @@ pub fn fix(
     docker: &Docker,
     exe: &Path,
     parent: BorrowedFd<'_>,
-    name: &str,
+    name: &[u8],
     path: &Path,
     policy: &crate::fix::Policy,
 ) -> Result<Fixed, FixError> {
@@ -119,7 +119,7 @@ pub fn fix(
     let request = Request::Fix {
         protocol: PROTOCOL,
         build: BUILD.to_string(),
-        name: name.to_string(),
+        name: name.to_vec(),
         path: path.to_string_lossy().into_owned(),
         owner_uid: policy.owner.uid,
         owner_gid: policy.owner.gid,
@@ -174,10 +174,15 @@ fn ask(
             ))
         })?;
         match response {
+            // An agent of another build (older ones call a request they cannot parse
+            // malformed): replace it, once.
             Response::Error {
-                kind: ErrorKind::Protocol,
-                ..
-            } if !restarted => {
+                kind, ref message, ..
+            } if !restarted
+                && (kind == ErrorKind::Protocol
+                    || (kind == ErrorKind::Invalid
+                        && message.starts_with("malformed request"))) =>
+            {
                 stop(docker).map_err(AskError::Unreachable)?;
                 restarted = true;
             }

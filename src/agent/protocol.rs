@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever a message changes meaning; an agent speaking another version is replaced.
-pub const PROTOCOL: u32 = 3;
+pub const PROTOCOL: u32 = 4;
 
 /// This build's id (see build.rs): an agent of another build is replaced too, so that an
 /// upgrade never leaves an old agent serving new clients.
@@ -47,7 +47,8 @@ pub enum Request {
         protocol: u32,
         #[serde(default)]
         build: String,
-        name: String,
+        /// The tree's name in its parent, as bytes: any name a filesystem allows.
+        name: Vec<u8>,
         /// The tree's path as the peer knows it, for messages.
         path: String,
         owner_uid: u32,

@@ -165,16 +165,20 @@ fn handle(conn: &UnixStream) -> Result<(Response, Option<PathBuf>), Refusal> {
     let peer = socket::peer(conn).map_err(|e| failed("reading peer credentials", &e))?;
     let (data, sources) =
         socket::recv_with_fds(conn, MAX_REQUEST).map_err(|e| failed("reading the request", &e))?;
-    let request: Request = serde_json::from_slice(&data).map_err(|e| {
-        // A request this agent does not know comes from a newer asme: say so, and it will be
-        // replaced.
-        let kind = if e.to_string().contains("unknown variant") {
-            ErrorKind::Protocol
-        } else {
-            ErrorKind::Invalid
-        };
-        Refusal(kind, format!("malformed request: {e}"), None)
-    })?;
+    // The version comes first: a client of another build may send messages this agent cannot
+    // even parse, and must hear "replace me", not "malformed".
+    let value: serde_json::Value = serde_json::from_slice(&data)
+        .map_err(|e| Refusal(ErrorKind::Invalid, format!("malformed request: {e}"), None))?;
+    if value.get("op").and_then(|op| op.as_str()) != Some("ping") {
+        let protocol = value.get("protocol").and_then(|p| p.as_u64()).unwrap_or(0) as u32;
+        let build = value
+            .get("build")
+            .and_then(|b| b.as_str())
+            .unwrap_or_default();
+        same_build(protocol, build)?;
+    }
+    let request: Request = serde_json::from_value(value)
+        .map_err(|e| Refusal(ErrorKind::Invalid, format!("malformed request: {e}"), None))?;
     match request {
         Request::Ping { .. } => Ok((Response::Pong { protocol: PROTOCOL }, None)),
         Request::Fix {
@@ -190,7 +194,7 @@ fn handle(conn: &UnixStream) -> Result<(Response, Option<PathBuf>), Refusal> {
             follow_hardlinks,
             cross_mounts,
         } => {
-            same_build(protocol, &build)?;
+            debug_assert!(same_build(protocol, &build).is_ok(), "checked above");
             check_owner(peer, owner_uid, owner_gid)?;
             let [parent] = sources.as_slice() else {
                 return Err(Refusal(
@@ -230,7 +234,7 @@ fn handle(conn: &UnixStream) -> Result<(Response, Option<PathBuf>), Refusal> {
             owner_uid,
             owner_gid,
         } => {
-            same_build(protocol, &build)?;
+            debug_assert!(same_build(protocol, &build).is_ok(), "checked above");
             check_owner(peer, owner_uid, owner_gid)?;
             if sources.is_empty() || sources.len() > MAX_SOURCES {
                 let message = format!("expected 1 to {MAX_SOURCES} folders, got {}", sources.len());
@@ -256,16 +260,21 @@ fn handle(conn: &UnixStream) -> Result<(Response, Option<PathBuf>), Refusal> {
 fn fix_tree(
     peer: socket::Peer,
     parent: &OwnedFd,
-    name: &str,
+    name: &[u8],
     path: &str,
     policy: &fix::Policy,
 ) -> Result<Response, Refusal> {
-    let invalid = |m: String| Refusal(ErrorKind::Invalid, m, None);
-    if name.is_empty() || name == "." || name == ".." || name.contains('/') {
-        return Err(invalid(format!("'{name}' is not a folder name")));
+    let invalid = || {
+        Refusal(
+            ErrorKind::Invalid,
+            format!("{path}: not a folder name"),
+            None,
+        )
+    };
+    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') {
+        return Err(invalid());
     }
-    let cname = std::ffi::CString::new(name)
-        .map_err(|_| invalid(format!("'{name}' is not a folder name")))?;
+    let cname = std::ffi::CString::new(name).map_err(|_| invalid())?;
     let top = sysfs::open_dir(parent.as_fd(), &cname, true)
         .map_err(|e| Refusal(ErrorKind::Failed, format!("opening {path}: {e}"), None))?;
     if peer.uid != 0 {

@@ -231,20 +231,14 @@ fn fix_by_agent(
                 path.display()
             )));
         };
+        let name = std::os::unix::ffi::OsStrExt::as_bytes(name);
         let parent = rustix::fs::open(
             parent,
             rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
             rustix::fs::Mode::empty(),
         )
         .map_err(|e| agent::FixError::Refused(format!("{}: {e}", parent.display())))?;
-        let fixed = agent::fix(
-            docker,
-            exe,
-            parent.as_fd(),
-            &name.to_string_lossy(),
-            path,
-            policy,
-        )?;
+        let fixed = agent::fix(docker, exe, parent.as_fd(), name, path, policy)?;
         for line in &fixed.problems {
             report(line);
         }
