@@ -35,6 +35,23 @@ fn idmap_run(user: &User, dir: &Path, args: &[&str]) -> Run {
     Run::of(asme_as(user, dir, &argv))
 }
 
+/// Starts a long-lived idmap container (`-d`, `sleep 600`) with `mount`.
+fn idmap_detached(user: &User, dir: &Path, name: &ContainerName, mount: &str) {
+    let argv = [
+        "--strategy",
+        "idmap",
+        "run",
+        "-d",
+        "--name",
+        &name.0,
+        "-v",
+        mount,
+    ];
+    let mut cmd = asme_as(user, dir, &argv);
+    cmd.args([image("busybox").as_str(), "sleep", "600"]);
+    ok(cmd);
+}
+
 const WRITE_EVERYTHING: &str = "set -e; cd /w; mkdir -p a/b; echo x > a/b/f; touch top; \
     ln -s top link; ln top hard; mkfifo fifo; cp top copy; mv copy moved; chmod 600 moved; \
     touch owned-by-root; chown root:root owned-by-root; chown -h 0:0 link; chown -R 0:0 a; \
@@ -160,23 +177,7 @@ fn docker_exec_gets_the_same_mapping() {
     let dir = TestDir::new(user, "idmap-exec");
     let name = ContainerName::new("idmap-exec");
     let mount = format!("{}:/w", dir.path.display());
-    ok(asme_as(
-        user,
-        &dir.path,
-        &[
-            "--strategy",
-            "idmap",
-            "run",
-            "-d",
-            "--name",
-            &name.0,
-            "-v",
-            &mount,
-            &image("busybox"),
-            "sleep",
-            "600",
-        ],
-    ));
+    idmap_detached(user, &dir.path, &name, &mount);
     ok(as_user(user, &dir.path).args([
         "docker",
         "exec",
@@ -235,23 +236,7 @@ fn capabilities_are_exactly_plain_dockers() {
         "sleep",
         "600",
     ]));
-    ok(asme_as(
-        user,
-        &dir.path,
-        &[
-            "--strategy",
-            "idmap",
-            "run",
-            "-d",
-            "--name",
-            &name.0,
-            "-v",
-            &mount,
-            &image("busybox"),
-            "sleep",
-            "600",
-        ],
-    ));
+    idmap_detached(user, &dir.path, &name, &mount);
     let want = ok(docker(&["exec", &plain_name.0, "sh", "-c", caps]));
     assert_eq!(ok(docker(&["exec", &name.0, "sh", "-c", caps])), want);
 }

@@ -23,6 +23,7 @@ use crate::agent;
 use crate::cli::{Cli, FixArgs};
 use crate::owner::Owner;
 use crate::run::engine::Docker;
+use crate::run::mounts::{self, Access};
 use crate::sys::fs::{self as sysfs, Inode};
 use walk::{Reporter, Tally, Walk};
 
@@ -372,12 +373,7 @@ fn fix_in_container(
     let mut expect = Vec::new();
     for path in paths {
         argv.push("--mount".into());
-        let target = path.to_string_lossy();
-        argv.push(format!(
-            "type=bind,{},{}",
-            csv(&format!("src={target}")),
-            csv(&format!("dst={target}"))
-        ));
+        argv.push(mounts::bind_mount(path, path, Access::ReadWrite));
         let (dev, ino) = identity(path)?;
         expect.push(format!("{dev}:{ino}"));
     }
@@ -411,14 +407,6 @@ fn fix_in_container(
     }
     let status = docker.status(&argv)?;
     Ok(status == 0)
-}
-
-fn csv(field: &str) -> String {
-    if field.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", field.replace('"', "\"\""))
-    } else {
-        field.to_string()
-    }
 }
 
 /// Walks one tree in this process (asme must be root to change anything), after checking that

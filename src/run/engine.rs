@@ -15,6 +15,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use serde::Deserialize;
 
 use crate::init::probe::ImageFacts;
+use crate::run::mounts::Access;
 
 /// Label of asme's own images, so that `asme agent stop` can remove them all.
 pub const SELF_IMAGE_LABEL: &str = "asme.image=1";
@@ -360,25 +361,7 @@ fn parse_http_response(response: &[u8]) -> io::Result<(u16, Vec<u8>)> {
 /// init stays alive as PID 1, and a container process must not write through /proc/1/exe into
 /// the host binary (CVE-2019-5736).
 pub fn init_mount(exe: &Path) -> String {
-    bind_mount(exe, INIT_PATH)
-}
-
-/// A read-only `--mount type=bind` value, quoted for docker's CSV parser when needed.
-pub fn bind_mount(src: &Path, dst: &str) -> String {
-    format!(
-        "type=bind,{},{},readonly",
-        csv_field(&format!("src={}", src.display())),
-        csv_field(&format!("dst={dst}"))
-    )
-}
-
-/// Quotes one field the way Go's encoding/csv reads it (docker parses --mount with it).
-fn csv_field(field: &str) -> String {
-    if field.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", field.replace('"', "\"\""))
-    } else {
-        field.to_string()
-    }
+    crate::run::mounts::bind_mount(exe, Path::new(INIT_PATH), Access::ReadOnly)
 }
 
 fn check_endpoint(host: &str, source: &str) -> Result<()> {
@@ -508,18 +491,6 @@ mod tests {
         let err = check_endpoint("tcp://10.0.0.1:2376", "DOCKER_HOST").unwrap_err();
         assert!(err.to_string().contains("not on this machine"), "{err}");
         assert!(check_endpoint("ssh://me@box", "docker context 'box'").is_err());
-    }
-
-    #[test]
-    fn mount_values_survive_docker_csv() {
-        assert_eq!(
-            bind_mount(Path::new("/usr/bin/asme"), INIT_PATH),
-            "type=bind,src=/usr/bin/asme,dst=/.asme-init,readonly"
-        );
-        assert_eq!(
-            bind_mount(Path::new("/a,b/\"c\""), "/x"),
-            "type=bind,\"src=/a,b/\"\"c\"\"\",dst=/x,readonly"
-        );
     }
 
     #[test]

@@ -12,7 +12,7 @@ pub mod mounts;
 pub mod plan;
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, bail};
 
@@ -47,31 +47,36 @@ impl Context<'_> {
 }
 
 /// What a strategy decided: the docker arguments to use and what to inject.
-struct Setup {
+struct Setup<'a> {
     args: RunArgs,
-    user: Option<String>,
-    group_add: Vec<u32>,
-    account_files: Option<(PathBuf, PathBuf)>,
-    home_tmpfs: Option<(String, u32, u32)>,
-    home_env: Option<String>,
+    inject: Injection<'a>,
     /// Idmapped mounts in use: held open until docker ends.
     lease: Option<agent::Lease>,
 }
 
-impl Setup {
+impl<'a> Setup<'a> {
     /// The container runs as docker would run it (its image's USER or `--user`), with asme as
     /// init and nothing else changed.
-    fn keep_user(args: &RunArgs) -> Setup {
+    fn keep_user(args: &RunArgs, exe: &'a Path) -> Setup<'a> {
         Setup {
             args: args.clone(),
-            user: args.last("user").map(str::to_string),
-            group_add: Vec::new(),
-            account_files: None,
-            home_tmpfs: None,
-            home_env: None,
+            inject: Injection {
+                exe,
+                user: args.last("user").map(str::to_string),
+                group_add: Vec::new(),
+                account_files: None,
+                home_tmpfs: None,
+                home_env: None,
+            },
             lease: None,
         }
     }
+}
+
+/// The uid and gid the container runs as: `--user`, else the image's USER, else root.
+fn container_ids(ctx: &Context, args: &RunArgs) -> Result<(u32, u32)> {
+    let spec = args.last("user").unwrap_or(&ctx.image.user);
+    plan::container_ids(spec, &ctx.facts).map_err(|e| anyhow::anyhow!(e))
 }
 
 /// Runs `docker run ARGS` as asme; returns only on error (otherwise docker replaces us).
@@ -110,7 +115,7 @@ pub fn run(cli: &Cli, argv: &[String]) -> Result<()> {
         // root needs no mapping, and must not turn an image's non-root USER into root either.
         Strategy::Auto if owner.uid == 0 => {
             ctx.say("strategy auto: you are root, so the container keeps its own user");
-            Setup::keep_user(&args)
+            Setup::keep_user(&args, &ctx.exe)
         }
         Strategy::Auto => match idmap_setup(&ctx, &args) {
             Ok(setup) => setup,
@@ -122,18 +127,7 @@ pub fn run(cli: &Cli, argv: &[String]) -> Result<()> {
             }
         },
     };
-    let inject = Injection {
-        exe: &ctx.exe,
-        user: setup.user.clone(),
-        group_add: setup.group_add.clone(),
-        account_files: setup
-            .account_files
-            .as_ref()
-            .map(|(p, g)| (p.as_path(), g.as_path())),
-        home_tmpfs: setup.home_tmpfs.clone(),
-        home_env: setup.home_env.clone(),
-    };
-    let final_argv = plan::rewrite(&setup.args, &command, &inject);
+    let final_argv = plan::rewrite(&setup.args, &command, &setup.inject);
     ctx.say(format_args!("docker {}", shell_words(&final_argv)));
     if let Some(lease) = &setup.lease {
         lease
@@ -147,9 +141,7 @@ pub fn run(cli: &Cli, argv: &[String]) -> Result<()> {
 /// the bind mounts back to the owner, however the run ended (exit, `docker kill`, Ctrl-C or
 /// SIGTERM to asme). A journal entry covers the case where asme itself is killed outright.
 fn run_then_repair(ctx: &Context, args: &RunArgs, command: &[String]) -> Result<()> {
-    let user = args.last("user").map(str::to_string);
-    let spec = user.as_deref().unwrap_or(&ctx.image.user);
-    let container = plan::container_ids(spec, &ctx.facts).map_err(|e| anyhow::anyhow!(e))?;
+    let container = container_ids(ctx, args)?;
     let cwd = std::env::current_dir().context("reading the working folder")?;
     let sources: Vec<PathBuf> = mounts::bind_mounts(args)
         .iter()
@@ -163,15 +155,7 @@ fn run_then_repair(ctx: &Context, args: &RunArgs, command: &[String]) -> Result<
         sources.len(),
         ctx.owner
     ));
-    let inject = Injection {
-        exe: &ctx.exe,
-        user,
-        group_add: Vec::new(),
-        account_files: None,
-        home_tmpfs: None,
-        home_env: None,
-    };
-    let final_argv = plan::rewrite(args, command, &inject);
+    let final_argv = plan::rewrite(args, command, &Setup::keep_user(args, &ctx.exe).inject);
     ctx.say(format_args!("docker {}", shell_words(&final_argv)));
     let (pid, started) = fix::journal::this_process();
     let pending = fix::journal::Pending {
@@ -195,17 +179,16 @@ fn run_then_repair(ctx: &Context, args: &RunArgs, command: &[String]) -> Result<
 }
 
 /// Strategy `user`: run as the owner with a synthesised account.
-fn user_setup(ctx: &Context, args: &RunArgs) -> Result<Setup> {
+fn user_setup<'a>(ctx: &'a Context, args: &RunArgs) -> Result<Setup<'a>> {
     let owner = ctx.owner;
-    let mut setup = Setup::keep_user(args);
-    setup.user = None;
+    let mut setup = Setup::keep_user(args, &ctx.exe);
     match plan::run_as(args, owner, &ctx.facts) {
         RunAs::Explicit(user) => {
             ctx.say(format_args!(
                 "strategy user: --user {user} given, so the command runs as {user} and what it \
                  writes into bind mounts belongs to that user, not to you ({owner})"
             ));
-            setup.user = Some(user);
+            setup.inject.user = Some(user);
         }
         RunAs::Owner => {
             let host_passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
@@ -215,7 +198,7 @@ fn user_setup(ctx: &Context, args: &RunArgs) -> Result<Setup> {
             let files = ctx
                 .cache
                 .account_files(&account.accounts.passwd, &account.accounts.group)?;
-            setup.home_env = plan::image_home_env(args, &ctx.image)
+            setup.inject.home_env = plan::image_home_env(args, &ctx.image)
                 .filter(|home| *home != account.home)
                 .map(|_| account.home.clone());
             ctx.say(format_args!(
@@ -224,12 +207,13 @@ fn user_setup(ctx: &Context, args: &RunArgs) -> Result<Setup> {
                 account.home,
                 if account.home_tmpfs { " (tmpfs)" } else { "" }
             ));
-            setup.user = Some(owner.to_string());
-            setup.group_add = account.accounts.supplementary_gids;
-            setup.account_files = Some(files);
-            setup.home_tmpfs = account
-                .home_tmpfs
-                .then_some((account.home, owner.uid, owner.gid));
+            setup.inject.user = Some(owner.to_string());
+            setup.inject.group_add = account.accounts.supplementary_gids;
+            setup.inject.account_files = Some(files);
+            setup.inject.home_tmpfs =
+                account
+                    .home_tmpfs
+                    .then_some((account.home, owner.uid, owner.gid));
         }
     }
     Ok(setup)
@@ -237,12 +221,10 @@ fn user_setup(ctx: &Context, args: &RunArgs) -> Result<Setup> {
 
 /// Strategy `idmap`: the container keeps its user; each bind mount is swapped for an
 /// idmapped copy in which that user's writes are stored as the owner.
-fn idmap_setup(ctx: &Context, args: &RunArgs) -> Result<Setup> {
-    let user = args.last("user").map(str::to_string);
-    let spec = user.as_deref().unwrap_or(&ctx.image.user);
-    let container = plan::container_ids(spec, &ctx.facts).map_err(|e| anyhow::anyhow!(e))?;
+fn idmap_setup<'a>(ctx: &'a Context, args: &RunArgs) -> Result<Setup<'a>> {
+    let container = container_ids(ctx, args)?;
     let binds = mounts::bind_mounts(args);
-    let mut setup = Setup::keep_user(args);
+    let mut setup = Setup::keep_user(args, &ctx.exe);
     ctx.say(format_args!(
         "strategy idmap: the container keeps uid {}:{}; in {} bind mount(s) its writes are stored as {}",
         container.0,

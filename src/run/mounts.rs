@@ -116,6 +116,26 @@ fn csv_fields(record: &str) -> Vec<String> {
     fields
 }
 
+/// Whether a mount may be written through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    ReadOnly,
+    ReadWrite,
+}
+
+/// A `--mount type=bind` value, each field quoted for docker's CSV parser when needed.
+pub fn bind_mount(src: &Path, dst: &Path, access: Access) -> String {
+    let mut value = format!(
+        "type=bind,{},{}",
+        csv_quote(&format!("src={}", src.display())),
+        csv_quote(&format!("dst={}", dst.display()))
+    );
+    if access == Access::ReadOnly {
+        value.push_str(",readonly");
+    }
+    value
+}
+
 fn csv_quote(field: &str) -> String {
     if field.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", field.replace('"', "\"\""))
@@ -203,6 +223,20 @@ mod tests {
                 "cmd",
             ]
         );
+    }
+
+    #[test]
+    fn mount_values_survive_docker_csv() {
+        let ro = bind_mount(
+            Path::new("/usr/bin/asme"),
+            Path::new("/.asme-init"),
+            Access::ReadOnly,
+        );
+        assert_eq!(ro, "type=bind,src=/usr/bin/asme,dst=/.asme-init,readonly");
+        let odd = bind_mount(Path::new("/a,b/\"c\""), Path::new("/x"), Access::ReadWrite);
+        assert_eq!(odd, "type=bind,\"src=/a,b/\"\"c\"\"\",dst=/x");
+        // And docker's reading of it gives the path back.
+        assert_eq!(csv_fields(&odd)[1], "src=/a,b/\"c\"");
     }
 
     #[test]

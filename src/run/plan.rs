@@ -5,13 +5,14 @@
 //! the docker arguments are rewritten to inject both. Reading images and writing files is
 //! left to `engine` and the caller.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::identity::{self, AccountRequest, PasswdFile};
 use crate::init::probe::{ImageFacts, PathKind};
 use crate::owner::Owner;
 use crate::run::args::RunArgs;
 use crate::run::engine::{self, ImageConfig};
+use crate::run::mounts::{self, Access};
 
 /// Options asme replaces in the user's argv, and why.
 /// - `--entrypoint`: asme is the entrypoint; the user's one is folded into the command.
@@ -215,7 +216,7 @@ pub struct Injection<'a> {
     pub user: Option<String>,
     pub group_add: Vec<u32>,
     /// Host files mounted read-only over /etc/passwd and /etc/group.
-    pub account_files: Option<(&'a Path, &'a Path)>,
+    pub account_files: Option<(PathBuf, PathBuf)>,
     /// (path, uid, gid) of a tmpfs HOME.
     pub home_tmpfs: Option<(String, u32, u32)>,
     /// HOME to set in the environment, when the image's ENV would point elsewhere.
@@ -232,11 +233,19 @@ pub fn rewrite(args: &RunArgs, command: &[String], inject: &Injection) -> Vec<St
     argv.extend(kept.opts.iter().flat_map(|o| o.raw.iter().cloned()));
     argv.push("--mount".into());
     argv.push(engine::init_mount(inject.exe));
-    if let Some((passwd, group)) = inject.account_files {
+    if let Some((passwd, group)) = &inject.account_files {
         argv.push("--mount".into());
-        argv.push(engine::bind_mount(passwd, "/etc/passwd"));
+        argv.push(mounts::bind_mount(
+            passwd,
+            Path::new("/etc/passwd"),
+            Access::ReadOnly,
+        ));
         argv.push("--mount".into());
-        argv.push(engine::bind_mount(group, "/etc/group"));
+        argv.push(mounts::bind_mount(
+            group,
+            Path::new("/etc/group"),
+            Access::ReadOnly,
+        ));
     }
     if let Some((path, uid, gid)) = &inject.home_tmpfs {
         // exec: a HOME may hold tools (pip --user, cargo); nosuid,nodev as docker's own tmpfs.
@@ -505,7 +514,7 @@ mod tests {
             exe,
             user: Some("1234:1234".into()),
             group_add: vec![29, 100],
-            account_files: Some((passwd, group)),
+            account_files: Some((passwd.to_path_buf(), group.to_path_buf())),
             home_tmpfs: Some(("/home/alice".into(), 1234, 1234)),
             home_env: Some("/home/alice".into()),
         };

@@ -6,7 +6,7 @@
 
 use std::ffi::CStr;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{BorrowedFd, OwnedFd};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Stat};
 
@@ -96,9 +96,4 @@ pub fn raise_open_files_limit() {
             },
         );
     }
-}
-
-/// Whether this is a directory descriptor we can list (for error messages on a walk's top).
-pub fn is_directory(fd: impl AsFd) -> bool {
-    stat(fd.as_fd()).is_ok_and(|i| i.kind == FileType::Directory)
 }
