@@ -84,6 +84,22 @@ pub enum Command {
     /// runs as root in asme's agent container (or, where it cannot run, a throwaway one).
     Fix(FixArgs),
 
+    /// Show SOURCE at MOUNTPOINT with owners mapped (FUSE; what bindfs does).
+    ///
+    /// By default you (on SOURCE) are shown as root, and what root creates in the mount is
+    /// yours on SOURCE: bind-mount MOUNTPOINT into a root container. Ids the map does not name
+    /// pass through unchanged. Returns once the mount is up; the server runs until
+    /// `asme umount MOUNTPOINT` or SIGTERM.
+    Mount(MountArgs),
+
+    /// Unmount an `asme mount` (also one whose server was killed).
+    Umount {
+        mountpoint: std::path::PathBuf,
+        /// Detach it now even if busy; it goes when the last user lets go.
+        #[arg(short = 'z', long)]
+        lazy: bool,
+    },
+
     /// The idmap agent: the container that makes idmapped mounts for `asme run`.
     Agent {
         #[command(subcommand)]
@@ -130,6 +146,33 @@ pub struct FixArgs {
     /// Folders to give back.
     #[arg(required = true, value_name = "PATH")]
     pub paths: Vec<std::path::PathBuf>,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct MountArgs {
+    /// Id map, bindfs's syntax: user1/user2:@group1/@group2 (names or numbers); SOURCE's
+    /// user1 is shown as user2, and what user2 creates is stored as user1
+    /// [default: you/root:@your group/@root]
+    #[arg(long, value_name = "SPEC")]
+    pub map: Option<String>,
+
+    /// Stay in the foreground (the mount lives as long as this process).
+    #[arg(short, long)]
+    pub foreground: bool,
+
+    /// Mount options, comma-separated: ro, allow_other (default), allow_root, private,
+    /// timeout=SECONDS (cache, default 1), nopassthrough, dev, suid, threads=N.
+    #[arg(short = 'o', value_name = "OPTIONS")]
+    pub options: Vec<String>,
+
+    /// (the detached server) report readiness on stdout.
+    #[arg(long, hide = true)]
+    pub notify_ready: bool,
+
+    /// The folder to show.
+    pub source: std::path::PathBuf,
+    /// Where to show it (an empty folder).
+    pub mountpoint: std::path::PathBuf,
 }
 
 #[derive(Debug, Clone, Subcommand)]

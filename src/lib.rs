@@ -6,6 +6,7 @@ pub mod agent;
 pub mod cli;
 pub mod doctor;
 pub mod fix;
+pub mod fs;
 pub mod identity;
 pub mod idmap;
 pub mod init;

@@ -46,6 +46,21 @@ fn main() -> ExitCode {
                 }
             };
         }
+        Command::Mount(ref m) => {
+            let req = asme::fs::mount::MountRequest {
+                source: m.source.clone(),
+                mountpoint: m.mountpoint.clone(),
+                map: m.map.clone(),
+                options: m.options.clone(),
+                foreground: m.foreground,
+                notify_ready: m.notify_ready,
+            };
+            return exit_code(asme::fs::mount::main(&req));
+        }
+        Command::Umount {
+            ref mountpoint,
+            lazy,
+        } => return exit_code(asme::fs::mount::umount(mountpoint, lazy)),
         Command::Doctor { ref path, json } => return doctor::main(&cli, path.as_deref(), json),
         Command::DoctorWrite { ref path } => doctor::write_probe(path),
         Command::Agent {
@@ -61,6 +76,17 @@ fn main() -> ExitCode {
             // One line, the whole chain of causes (ripgrep, fd).
             eprintln!("asme: {err:#}");
             ExitCode::from(EXIT_RUN_FAILED)
+        }
+    }
+}
+
+/// Commands other than `run`: one error line and exit 1.
+fn exit_code(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("asme: {err:#}");
+            ExitCode::from(EXIT_FAILURE)
         }
     }
 }

@@ -1,0 +1,1235 @@
+//! `asme mount`: SOURCE shown through FUSE with its owners mapped (what bindfs does).
+//!
+//! The server is a thin translation layer: every request becomes the same system call on
+//! SOURCE, made relative to a held descriptor (`node`), with uids and gids translated by the
+//! map. Permission checks are the kernel's (`default_permissions`, on the mapped attributes),
+//! so nobody gains access they lack on SOURCE. Where the kernel offers it and the server is
+//! root, reads and writes of regular files bypass the server (FUSE passthrough).
+
+pub mod map;
+pub mod mount;
+mod node;
+
+use std::collections::HashMap;
+use std::ffi::{CString, OsStr};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    AccessFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
+    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+use rustix::fs::{AtFlags, Mode, OFlags, Stat, Timespec, Timestamps};
+use rustix::io::Errno as SysErrno;
+
+use map::IdMap;
+use node::{Backing, Key, Node, Table};
+
+/// How the mount behaves, from `asme mount`'s options.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub map: IdMap,
+    /// How long the kernel may trust names and attributes it was given. Changes made through
+    /// the mount are seen at once whatever this is; it only delays changes made to SOURCE
+    /// directly.
+    pub ttl: Duration,
+    /// Use FUSE passthrough for file data when the kernel offers it (needs root).
+    pub passthrough: bool,
+    pub read_only: bool,
+}
+
+/// What a SETATTR asks for (ids as the mount shows them).
+struct AttrChange {
+    mode: Option<u32>,
+    uid: Option<u32>,
+    gid: Option<u32>,
+    size: Option<u64>,
+    atime: Option<TimeOrNow>,
+    mtime: Option<TimeOrNow>,
+    fh: Option<FileHandle>,
+}
+
+/// Bit set in a file handle whose data goes through the kernel's passthrough.
+const PASSTHROUGH_FH: u64 = 1 << 32;
+
+/// The filesystem served over FUSE.
+#[derive(Debug)]
+pub struct MappedFs {
+    settings: Settings,
+    nodes: Table,
+    dirs: Mutex<HashMap<u64, Arc<DirHandle>>>,
+    next_dir: AtomicU64,
+    /// Root may give created files to their creator and open backing files.
+    as_root: bool,
+    passthrough: AtomicBool,
+}
+
+/// An open directory: its descriptor and the entries read at opendir or rewind.
+#[derive(Debug)]
+struct DirHandle {
+    fd: OwnedFd,
+    entries: Mutex<Vec<DirEntry>>,
+}
+
+#[derive(Debug, Clone)]
+struct DirEntry {
+    name: CString,
+    ino: u64,
+    kind: FileType,
+}
+
+type Result<T> = std::result::Result<T, Errno>;
+
+fn errno(e: SysErrno) -> Errno {
+    Errno::from_i32(e.raw_os_error())
+}
+
+impl MappedFs {
+    /// `source` must be an `O_PATH` descriptor of a folder.
+    pub fn new(source: OwnedFd, settings: Settings) -> std::io::Result<MappedFs> {
+        let st = rustix::fs::fstat(&source)?;
+        Ok(MappedFs {
+            nodes: Table::new(source, key(&st)),
+            settings,
+            dirs: Mutex::new(HashMap::new()),
+            next_dir: AtomicU64::new(1),
+            as_root: rustix::process::geteuid().is_root(),
+            passthrough: AtomicBool::new(false),
+        })
+    }
+
+    fn node(&self, ino: INodeNo) -> Result<Arc<Node>> {
+        self.nodes.get(ino.0).ok_or(Errno::ESTALE)
+    }
+
+    fn attr(&self, st: &Stat) -> FileAttr {
+        let map = &self.settings.map;
+        FileAttr {
+            ino: INodeNo(self.nodes.id_for(key(st))),
+            size: st.st_size as u64,
+            blocks: st.st_blocks as u64,
+            atime: time(st.st_atime, st.st_atime_nsec as i64),
+            mtime: time(st.st_mtime, st.st_mtime_nsec as i64),
+            ctime: time(st.st_ctime, st.st_ctime_nsec as i64),
+            crtime: UNIX_EPOCH,
+            kind: kind(st.st_mode),
+            perm: (st.st_mode & 0o7777) as u16,
+            nlink: st.st_nlink as u32,
+            uid: map.users.to_mount(st.st_uid),
+            gid: map.groups.to_mount(st.st_gid),
+            rdev: encode_dev(st.st_rdev),
+            blksize: st.st_blksize as u32,
+            flags: 0,
+        }
+    }
+
+    fn stat_node(&self, node: &Node) -> Result<FileAttr> {
+        let st = rustix::fs::fstat(&node.fd).map_err(errno)?;
+        Ok(self.attr(&st))
+    }
+
+    /// Looks `name` up in `parent` and counts the kernel's reference.
+    fn lookup_entry(&self, parent: &Node, name: &OsStr) -> Result<FileAttr> {
+        let fd = open_path(parent, name)?;
+        let st = rustix::fs::fstat(&fd).map_err(errno)?;
+        self.nodes.remember(fd, key(&st));
+        Ok(self.attr(&st))
+    }
+
+    fn reply_entry(&self, reply: ReplyEntry, result: Result<FileAttr>) {
+        match result {
+            Ok(attr) => reply.entry(&self.settings.ttl, &attr, Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    /// A new object in `parent`, just made by this server and opened as `fd`: give it to its
+    /// creator (mapped to SOURCE's ids) and count the kernel's reference, keeping `path_fd`
+    /// (an `O_PATH` descriptor of the same object) as the node.
+    fn adopt(
+        &self,
+        req: &Request,
+        parent: &Node,
+        fd: BorrowedFd<'_>,
+        path_fd: OwnedFd,
+    ) -> Result<FileAttr> {
+        let st = rustix::fs::fstat(fd).map_err(errno)?;
+        if key(&rustix::fs::fstat(&path_fd).map_err(errno)?) != key(&st) {
+            return Err(Errno::ESTALE); // replaced on SOURCE in between
+        }
+        let st = if self.as_root {
+            self.give_to_creator(req, parent, fd, &st)?
+        } else {
+            st
+        };
+        self.nodes.remember(path_fd, key(&st));
+        Ok(self.attr(&st))
+    }
+
+    /// chown to the creator's ids; a set-group-id parent keeps its group (as the kernel would
+    /// have done for the creator). chown clears set-id bits the creator asked for: restore.
+    fn give_to_creator(
+        &self,
+        req: &Request,
+        parent: &Node,
+        fd: BorrowedFd<'_>,
+        st: &Stat,
+    ) -> Result<Stat> {
+        let map = &self.settings.map;
+        let uid = map.users.to_source(req.uid());
+        let parent_st = rustix::fs::fstat(&parent.fd).map_err(errno)?;
+        let gid = if parent_st.st_mode as u32 & libc::S_ISGID != 0 {
+            parent_st.st_gid
+        } else {
+            map.groups.to_source(req.gid())
+        };
+        if st.st_uid == uid && st.st_gid == gid {
+            return Ok(*st);
+        }
+        chown_fd(fd, Some(uid), Some(gid)).map_err(errno)?;
+        let mode = st.st_mode;
+        let is_dir = mode & libc::S_IFMT == libc::S_IFDIR;
+        if !is_dir && mode & (libc::S_ISUID | libc::S_ISGID) != 0 {
+            chmod_fd(fd, mode & 0o7777).map_err(errno)?;
+        }
+        rustix::fs::fstat(fd).map_err(errno)
+    }
+
+    fn open_dir_handle(&self, node: &Node) -> Result<u64> {
+        let fd = rustix::fs::openat(
+            &node.fd,
+            ".",
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(errno)?;
+        let handle = Arc::new(DirHandle {
+            fd,
+            entries: Mutex::new(Vec::new()),
+        });
+        let id = self.next_dir.fetch_add(1, Ordering::Relaxed);
+        lock(&self.dirs).insert(id, handle);
+        Ok(id)
+    }
+
+    fn dir_handle(&self, fh: FileHandle) -> Result<Arc<DirHandle>> {
+        lock(&self.dirs).get(&fh.0).cloned().ok_or(Errno::EBADF)
+    }
+
+    /// The entries from `offset` on; offset 0 (opendir, rewinddir) reads the folder afresh.
+    fn entries(&self, dir: &DirHandle, offset: u64) -> Result<Vec<DirEntry>> {
+        let mut entries = lock(&dir.entries);
+        if offset == 0 {
+            *entries = read_dir(dir.fd.as_fd()).map_err(errno)?;
+        }
+        Ok(entries.iter().skip(offset as usize).cloned().collect())
+    }
+
+    /// A data descriptor for `node`, opened through its `O_PATH` descriptor.
+    fn reopen(&self, node: &Node, flags: OFlags) -> Result<OwnedFd> {
+        rustix::fs::open(proc_path(node.fd.as_raw_fd()), flags, Mode::empty()).map_err(errno)
+    }
+
+    fn open_file(&self, node: &Node, flags: i32, reply: ReplyOpen) {
+        let flags = open_flags(flags);
+        let fd = match self.reopen(node, flags) {
+            Ok(fd) => fd,
+            Err(e) => return reply.error(e),
+        };
+        let raw = fd.into_raw_fd() as u64;
+        if self.passthrough.load(Ordering::Relaxed) {
+            let mut backing = lock(&node.backing);
+            match self.backing_for(node, &mut backing, flags, |fd| reply.open_backing(fd)) {
+                Ok(Some(id)) => {
+                    reply.opened_passthrough(
+                        FileHandle(raw | PASSTHROUGH_FH),
+                        FopenFlags::empty(),
+                        id,
+                    );
+                    return;
+                }
+                Ok(None) => {
+                    // A backing file that cannot serve this access mode: no cache for this
+                    // handle, so it does not conflict with the passthrough ones.
+                    reply.opened(FileHandle(raw), FopenFlags::FOPEN_DIRECT_IO);
+                    return;
+                }
+                Err(e) => {
+                    close_raw(raw);
+                    return reply.error(e);
+                }
+            }
+        }
+        reply.opened(FileHandle(raw), FopenFlags::FOPEN_KEEP_CACHE);
+    }
+
+    /// The inode's backing id, registered on first open (read-write when allowed, so later
+    /// opens of any mode share it). None when the existing one cannot serve `flags`.
+    fn backing_for<'a>(
+        &self,
+        node: &Node,
+        slot: &'a mut Option<Backing>,
+        flags: OFlags,
+        register: impl FnOnce(BorrowedFd<'_>) -> std::io::Result<fuser::BackingId>,
+    ) -> Result<Option<&'a fuser::BackingId>> {
+        let wants_write = flags.contains(OFlags::WRONLY) || flags.contains(OFlags::RDWR);
+        if slot.is_none() {
+            let (fd, writable) = match self.reopen(node, OFlags::RDWR | OFlags::CLOEXEC) {
+                Ok(fd) => (fd, true),
+                Err(_) => (self.reopen(node, OFlags::RDONLY | OFlags::CLOEXEC)?, false),
+            };
+            let id = register(fd.as_fd()).map_err(Errno::from)?;
+            *slot = Some(Backing {
+                id,
+                opens: 0,
+                writable,
+            });
+        }
+        let backing = slot.as_mut().expect("set above");
+        if wants_write && !backing.writable {
+            return Ok(None);
+        }
+        backing.opens += 1;
+        Ok(Some(&backing.id))
+    }
+
+    fn release_backing(&self, ino: INodeNo) {
+        if let Ok(node) = self.node(ino) {
+            let mut backing = lock(&node.backing);
+            if let Some(b) = backing.as_mut() {
+                b.opens = b.opens.saturating_sub(1);
+                if b.opens == 0 {
+                    *backing = None;
+                }
+            }
+        }
+    }
+
+    fn set_attr(&self, node: &Node, change: AttrChange) -> Result<FileAttr> {
+        let AttrChange {
+            mode,
+            uid,
+            gid,
+            size,
+            atime,
+            mtime,
+            fh,
+        } = change;
+        if let Some(mode) = mode {
+            chmod_fd(node.fd.as_fd(), mode & 0o7777).map_err(errno)?;
+        }
+        if uid.is_some() || gid.is_some() {
+            let map = &self.settings.map;
+            let uid = uid.map(|u| map.users.to_source(u));
+            let gid = gid.map(|g| map.groups.to_source(g));
+            chown_fd(node.fd.as_fd(), uid, gid).map_err(errno)?;
+        }
+        if let Some(size) = size {
+            // A handle comes only with ftruncate, so it is a file's descriptor (for a folder
+            // the handle would be a `dirs` id, but folders are never truncated).
+            match fh.map(borrow_fh) {
+                Some(fd) => rustix::fs::ftruncate(fd, size),
+                None => self
+                    .reopen(node, OFlags::WRONLY | OFlags::CLOEXEC)
+                    .map_err(|e| SysErrno::from_raw_os_error(i32::from(e)))
+                    .and_then(|fd| rustix::fs::ftruncate(&fd, size)),
+            }
+            .map_err(errno)?;
+        }
+        if atime.is_some() || mtime.is_some() {
+            let times = Timestamps {
+                last_access: timespec(atime),
+                last_modification: timespec(mtime),
+            };
+            // The magic link of the O_PATH descriptor is the object itself, symlinks included.
+            rustix::fs::utimensat(
+                rustix::fs::CWD,
+                proc_path(node.fd.as_raw_fd()),
+                &times,
+                AtFlags::empty(),
+            )
+            .map_err(errno)?;
+        }
+        self.stat_node(node)
+    }
+
+    fn make_node(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        make: impl FnOnce(BorrowedFd<'_>) -> rustix::io::Result<()>,
+    ) -> Result<FileAttr> {
+        let parent = self.node(parent)?;
+        make(parent.fd.as_fd()).map_err(errno)?;
+        let fd = open_path(&parent, name)?;
+        let dup = rustix::io::dup(&fd).map_err(errno)?;
+        self.adopt(req, &parent, dup.as_fd(), fd)
+    }
+
+    fn xattr_reply(reply: ReplyXattr, size: u32, result: rustix::io::Result<Vec<u8>>) {
+        match result {
+            Ok(value) if size == 0 => reply.size(value.len() as u32),
+            Ok(value) if value.len() > size as usize => reply.error(Errno::ERANGE),
+            Ok(value) => reply.data(&value),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+}
+
+impl Filesystem for MappedFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        for flag in [
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_READDIRPLUS_AUTO,
+            InitFlags::FUSE_PARALLEL_DIROPS,
+            InitFlags::FUSE_ATOMIC_O_TRUNC,
+            InitFlags::FUSE_EXPORT_SUPPORT,
+        ] {
+            let _ = config.add_capabilities(flag);
+        }
+        if self.settings.passthrough
+            && self.as_root
+            && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(1).is_ok()
+        {
+            self.passthrough.store(true, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let result = self.node(parent).and_then(|p| self.lookup_entry(&p, name));
+        self.reply_entry(reply, result);
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.nodes.forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        // The node's descriptor stats even an unlinked file, so the handle is not needed.
+        let _ = fh;
+        let result = self.node(ino).and_then(|n| self.stat_node(&n));
+        match result {
+            Ok(attr) => reply.attr(&self.settings.ttl, &attr),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let result = self.node(ino).and_then(|n| {
+            let change = AttrChange {
+                mode,
+                uid,
+                gid,
+                size,
+                atime,
+                mtime,
+                fh,
+            };
+            self.set_attr(&n, change)
+        });
+        match result {
+            Ok(attr) => reply.attr(&self.settings.ttl, &attr),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let result = self
+            .node(ino)
+            .and_then(|n| rustix::fs::readlinkat(&n.fd, "", Vec::new()).map_err(errno));
+        match result {
+            Ok(target) => reply.data(target.as_bytes()),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let result = self.make_node(req, parent, name, |dir| {
+            let kind = rustix::fs::FileType::from_raw_mode(mode);
+            let perm = Mode::from_raw_mode(mode & 0o7777);
+            rustix::fs::mknodat(dir, name, kind, perm, decode_dev(rdev))
+        });
+        self.reply_entry(reply, result);
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let result = self.make_node(req, parent, name, |dir| {
+            rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(mode & 0o7777))
+        });
+        self.reply_entry(reply, result);
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let result = self
+            .node(parent)
+            .and_then(|p| rustix::fs::unlinkat(&p.fd, name, AtFlags::empty()).map_err(errno));
+        reply_empty(reply, result);
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let result = self
+            .node(parent)
+            .and_then(|p| rustix::fs::unlinkat(&p.fd, name, AtFlags::REMOVEDIR).map_err(errno));
+        reply_empty(reply, result);
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let result = self.make_node(req, parent, link_name, |dir| {
+            rustix::fs::symlinkat(target, dir, link_name)
+        });
+        self.reply_entry(reply, result);
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let result = self.node(parent).and_then(|p| {
+            let np = self.node(newparent)?;
+            let flags = rustix::fs::RenameFlags::from_bits_retain(flags.bits());
+            rustix::fs::renameat_with(&p.fd, name, &np.fd, newname, flags).map_err(errno)
+        });
+        reply_empty(reply, result);
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let result = self.node(ino).and_then(|n| {
+            let np = self.node(newparent)?;
+            // Through the magic link (AT_EMPTY_PATH would need CAP_DAC_READ_SEARCH).
+            rustix::fs::linkat(
+                rustix::fs::CWD,
+                proc_path(n.fd.as_raw_fd()),
+                &np.fd,
+                newname,
+                AtFlags::SYMLINK_FOLLOW,
+            )
+            .map_err(errno)?;
+            self.lookup_entry(&np, newname)
+        });
+        self.reply_entry(reply, result);
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        match self.node(ino) {
+            Ok(node) => self.open_file(&node, flags.0, reply),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let mut buf = vec![0u8; size as usize];
+        match rustix::io::pread(borrow_fh(fh), &mut buf, offset) {
+            Ok(n) => reply.data(&buf[..n]),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        match rustix::io::pwrite(borrow_fh(fh), data, offset) {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        // close() of a duplicate: what a close on SOURCE would report (NFS write-back errors).
+        let result = rustix::io::dup(borrow_fh(fh)).map(drop).map_err(errno);
+        reply_empty(reply, result);
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        if fh.0 & PASSTHROUGH_FH != 0 {
+            self.release_backing(ino);
+        }
+        close_raw(fh.0);
+        reply.ok();
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let fd = borrow_fh(fh);
+        let result = if datasync {
+            rustix::fs::fdatasync(fd)
+        } else {
+            rustix::fs::fsync(fd)
+        };
+        reply_empty(reply, result.map_err(errno));
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.node(ino).and_then(|n| self.open_dir_handle(&n)) {
+            Ok(id) => reply.opened(FileHandle(id), FopenFlags::empty()),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let entries = match self.dir_handle(fh).and_then(|d| self.entries(&d, offset)) {
+            Ok(entries) => entries,
+            Err(e) => return reply.error(e),
+        };
+        for (i, e) in entries.iter().enumerate() {
+            let next = offset + i as u64 + 1;
+            if reply.add(
+                INodeNo(e.ino),
+                next,
+                e.kind,
+                OsStr::from_bytes(e.name.as_bytes()),
+            ) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let (dir, entries) = match self.node(ino).and_then(|n| {
+            let entries = self.dir_handle(fh).and_then(|d| self.entries(&d, offset))?;
+            Ok((n, entries))
+        }) {
+            Ok(found) => found,
+            Err(e) => return reply.error(e),
+        };
+        let ttl = self.settings.ttl;
+        for (i, e) in entries.iter().enumerate() {
+            let next = offset + i as u64 + 1;
+            let name = OsStr::from_bytes(e.name.as_bytes());
+            if name == "." || name == ".." {
+                // The kernel takes no reference for these: node id 0 says "no entry".
+                let attr = FileAttr {
+                    ino: INodeNo(0),
+                    ..placeholder_attr(e.kind)
+                };
+                if reply.add(
+                    INodeNo(0),
+                    next,
+                    name,
+                    &Duration::ZERO,
+                    &attr,
+                    Generation(0),
+                ) {
+                    break;
+                }
+                continue;
+            }
+            let attr = match self.lookup_entry(&dir, name) {
+                Ok(attr) => attr,
+                Err(_) => continue, // gone since the folder was read
+            };
+            if reply.add(attr.ino, next, name, &ttl, &attr, Generation(0)) {
+                // Not sent: the reference just counted is not the kernel's.
+                self.nodes.forget(attr.ino.0, 1);
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        lock(&self.dirs).remove(&fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let result = self.dir_handle(fh).and_then(|d| {
+            if datasync {
+                rustix::fs::fdatasync(&d.fd)
+            } else {
+                rustix::fs::fsync(&d.fd)
+            }
+            .map_err(errno)
+        });
+        reply_empty(reply, result);
+    }
+
+    fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
+        let result = self
+            .node(ino)
+            .or_else(|_| self.node(INodeNo(node::ROOT)))
+            .and_then(|n| rustix::fs::fstatvfs(&n.fd).map_err(errno));
+        match result {
+            Ok(s) => reply.statfs(
+                s.f_blocks,
+                s.f_bfree,
+                s.f_bavail,
+                s.f_files,
+                s.f_ffree,
+                s.f_bsize as u32,
+                s.f_namemax as u32,
+                s.f_frsize as u32,
+            ),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let result = self.node(ino).and_then(|n| {
+            let flags = rustix::fs::XattrFlags::from_bits_retain(flags as u32);
+            rustix::fs::setxattr(proc_path(n.fd.as_raw_fd()), name, value, flags).map_err(errno)
+        });
+        reply_empty(reply, result);
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let node = match self.node(ino) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let path = proc_path(node.fd.as_raw_fd());
+        let result = read_sized(|buf| rustix::fs::getxattr(&path, name, buf));
+        Self::xattr_reply(reply, size, result);
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let node = match self.node(ino) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let path = proc_path(node.fd.as_raw_fd());
+        let result = read_sized(|buf| rustix::fs::listxattr(&path, buf));
+        Self::xattr_reply(reply, size, result);
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let result = self.node(ino).and_then(|n| {
+            rustix::fs::removexattr(proc_path(n.fd.as_raw_fd()), name).map_err(errno)
+        });
+        reply_empty(reply, result);
+    }
+
+    fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        // default_permissions: the kernel has checked already.
+        reply.ok();
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let parent = match self.node(parent) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        let open = open_flags(flags) | OFlags::NOFOLLOW;
+        let perm = Mode::from_raw_mode(mode & 0o7777);
+        // O_EXCL tells whether this call made the file (only then is it the creator's).
+        let created =
+            rustix::fs::openat(&parent.fd, name, open | OFlags::CREATE | OFlags::EXCL, perm);
+        let (fd, made) = match created {
+            Ok(fd) => (fd, true),
+            Err(SysErrno::EXIST) if flags & libc::O_EXCL == 0 => {
+                match rustix::fs::openat(&parent.fd, name, open, Mode::empty()) {
+                    Ok(fd) => (fd, false),
+                    Err(e) => return reply.error(errno(e)),
+                }
+            }
+            Err(e) => return reply.error(errno(e)),
+        };
+        let attr = if made {
+            open_path(&parent, name)
+                .and_then(|path_fd| self.adopt(req, &parent, fd.as_fd(), path_fd))
+        } else {
+            self.lookup_entry(&parent, name)
+        };
+        let attr = match attr {
+            Ok(attr) => attr,
+            Err(e) => return reply.error(e),
+        };
+        let raw = fd.into_raw_fd() as u64;
+        let ttl = self.settings.ttl;
+        if self.passthrough.load(Ordering::Relaxed)
+            && let Some(node) = self.nodes.get(attr.ino.0)
+        {
+            let mut backing = lock(&node.backing);
+            match self.backing_for(&node, &mut backing, open, |fd| reply.open_backing(fd)) {
+                Ok(Some(id)) => {
+                    reply.created_passthrough(
+                        &ttl,
+                        &attr,
+                        Generation(0),
+                        FileHandle(raw | PASSTHROUGH_FH),
+                        FopenFlags::empty(),
+                        id,
+                    );
+                    return;
+                }
+                Ok(None) => {
+                    reply.created(
+                        &ttl,
+                        &attr,
+                        Generation(0),
+                        FileHandle(raw),
+                        FopenFlags::FOPEN_DIRECT_IO,
+                    );
+                    return;
+                }
+                Err(e) => {
+                    close_raw(raw);
+                    self.nodes.forget(attr.ino.0, 1);
+                    return reply.error(e);
+                }
+            }
+        }
+        reply.created(
+            &ttl,
+            &attr,
+            Generation(0),
+            FileHandle(raw),
+            FopenFlags::empty(),
+        );
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let flags = rustix::fs::FallocateFlags::from_bits_retain(mode as u32);
+        let result = rustix::fs::fallocate(borrow_fh(fh), flags, offset, length).map_err(errno);
+        reply_empty(reply, result);
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        let pos = match whence {
+            libc::SEEK_DATA => rustix::fs::SeekFrom::Data(offset as u64),
+            libc::SEEK_HOLE => rustix::fs::SeekFrom::Hole(offset as u64),
+            libc::SEEK_SET => rustix::fs::SeekFrom::Start(offset as u64),
+            libc::SEEK_CUR => rustix::fs::SeekFrom::Current(offset),
+            libc::SEEK_END => rustix::fs::SeekFrom::End(offset),
+            _ => return reply.error(Errno::EINVAL),
+        };
+        match rustix::fs::seek(borrow_fh(fh), pos) {
+            Ok(at) => reply.offset(at as i64),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        _ino_in: INodeNo,
+        fh_in: FileHandle,
+        offset_in: u64,
+        _ino_out: INodeNo,
+        fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+        _flags: CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        let (mut off_in, mut off_out) = (offset_in, offset_out);
+        let len = len.min(u64::from(u32::MAX)) as usize;
+        match rustix::fs::copy_file_range(
+            borrow_fh(fh_in),
+            Some(&mut off_in),
+            borrow_fh(fh_out),
+            Some(&mut off_out),
+            len,
+        ) {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn key(st: &Stat) -> Key {
+    (st.st_dev, st.st_ino)
+}
+
+fn reply_empty(reply: ReplyEmpty, result: Result<()>) {
+    match result {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(e),
+    }
+}
+
+/// A file handle is the descriptor number the server opened (plus a flag bit).
+fn borrow_fh(fh: FileHandle) -> BorrowedFd<'static> {
+    let raw = (fh.0 & !PASSTHROUGH_FH) as RawFd;
+    // SAFETY: the kernel only sends handles this server returned from open/create, and each
+    // stays open until its release, which is the last request that names it.
+    unsafe { BorrowedFd::borrow_raw(raw) }
+}
+
+fn close_raw(fh: u64) {
+    let raw = (fh & !PASSTHROUGH_FH) as RawFd;
+    // SAFETY: called once per handle, at release (or when an open is abandoned): the
+    // descriptor is ours and nothing uses it after this.
+    drop(unsafe { OwnedFd::from_raw_fd(raw) });
+}
+
+/// The `O_PATH` descriptor a node holds: the object itself, never what a symlink names.
+fn open_path(parent: &Node, name: &OsStr) -> Result<OwnedFd> {
+    rustix::fs::openat(
+        &parent.fd,
+        name,
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(errno)
+}
+
+fn proc_path(fd: RawFd) -> CString {
+    CString::new(format!("/proc/self/fd/{fd}")).expect("no NUL in a number")
+}
+
+fn chown_fd(fd: BorrowedFd<'_>, uid: Option<u32>, gid: Option<u32>) -> rustix::io::Result<()> {
+    let (uid, gid) = (
+        uid.map(rustix::fs::Uid::from_raw),
+        gid.map(rustix::fs::Gid::from_raw),
+    );
+    rustix::fs::chownat(
+        fd,
+        "",
+        uid,
+        gid,
+        AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW,
+    )
+}
+
+/// chmod of the object behind an `O_PATH` descriptor (fchmod refuses those).
+fn chmod_fd(fd: BorrowedFd<'_>, mode: u32) -> rustix::io::Result<()> {
+    rustix::fs::chmodat(
+        rustix::fs::CWD,
+        proc_path(fd.as_raw_fd()),
+        Mode::from_raw_mode(mode),
+        AtFlags::empty(),
+    )
+}
+
+/// Flags for opening SOURCE's file as the caller asked; creation is the server's business.
+fn open_flags(flags: i32) -> OFlags {
+    let strip = libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_NOFOLLOW;
+    OFlags::from_bits_retain((flags & !strip) as u32) | OFlags::CLOEXEC
+}
+
+fn read_dir(fd: BorrowedFd<'_>) -> rustix::io::Result<Vec<DirEntry>> {
+    let mut dir = rustix::fs::Dir::read_from(fd)?;
+    dir.rewind();
+    let mut out = Vec::new();
+    while let Some(entry) = dir.read() {
+        let entry = entry?;
+        out.push(DirEntry {
+            name: entry.file_name().to_owned(),
+            ino: entry.ino(),
+            kind: dirent_kind(entry.file_type()),
+        });
+    }
+    Ok(out)
+}
+
+/// `getxattr`-style calls: ask the size, then read (retrying if it grew in between).
+fn read_sized(
+    mut call: impl FnMut(&mut [u8]) -> rustix::io::Result<usize>,
+) -> rustix::io::Result<Vec<u8>> {
+    loop {
+        let size = call(&mut [])?;
+        let mut buf = vec![0u8; size];
+        match call(&mut buf) {
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(buf);
+            }
+            Err(SysErrno::RANGE) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn time(secs: i64, nsecs: i64) -> SystemTime {
+    if secs >= 0 {
+        UNIX_EPOCH + Duration::new(secs as u64, nsecs as u32)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs()) + Duration::from_nanos(nsecs as u64)
+    }
+}
+
+fn timespec(t: Option<TimeOrNow>) -> Timespec {
+    match t {
+        None => Timespec {
+            tv_sec: 0,
+            tv_nsec: rustix::fs::UTIME_OMIT,
+        },
+        Some(TimeOrNow::Now) => Timespec {
+            tv_sec: 0,
+            tv_nsec: rustix::fs::UTIME_NOW,
+        },
+        Some(TimeOrNow::SpecificTime(t)) => match t.duration_since(UNIX_EPOCH) {
+            Ok(d) => Timespec {
+                tv_sec: d.as_secs() as i64,
+                tv_nsec: d.subsec_nanos() as _,
+            },
+            Err(before) => {
+                let d = before.duration();
+                let (mut secs, mut nanos) = (-(d.as_secs() as i64), -(d.subsec_nanos() as i64));
+                if nanos < 0 {
+                    secs -= 1;
+                    nanos += 1_000_000_000;
+                }
+                Timespec {
+                    tv_sec: secs,
+                    tv_nsec: nanos as _,
+                }
+            }
+        },
+    }
+}
+
+fn kind(mode: u32) -> FileType {
+    match mode & libc::S_IFMT {
+        libc::S_IFDIR => FileType::Directory,
+        libc::S_IFLNK => FileType::Symlink,
+        libc::S_IFCHR => FileType::CharDevice,
+        libc::S_IFBLK => FileType::BlockDevice,
+        libc::S_IFIFO => FileType::NamedPipe,
+        libc::S_IFSOCK => FileType::Socket,
+        _ => FileType::RegularFile,
+    }
+}
+
+fn dirent_kind(t: rustix::fs::FileType) -> FileType {
+    use rustix::fs::FileType as T;
+    match t {
+        T::Directory => FileType::Directory,
+        T::Symlink => FileType::Symlink,
+        T::CharacterDevice => FileType::CharDevice,
+        T::BlockDevice => FileType::BlockDevice,
+        T::Fifo => FileType::NamedPipe,
+        T::Socket => FileType::Socket,
+        _ => FileType::RegularFile,
+    }
+}
+
+fn placeholder_attr(kind: FileType) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(0),
+        size: 0,
+        blocks: 0,
+        atime: UNIX_EPOCH,
+        mtime: UNIX_EPOCH,
+        ctime: UNIX_EPOCH,
+        crtime: UNIX_EPOCH,
+        kind,
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 0,
+        flags: 0,
+    }
+}
+
+/// The kernel's `new_encode_dev`: FUSE carries device numbers in 32 bits this way.
+fn encode_dev(dev: u64) -> u32 {
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    (minor & 0xff) | (major << 8) | ((minor & !0xff) << 12)
+}
+
+/// The kernel's `new_decode_dev`.
+fn decode_dev(dev: u32) -> u64 {
+    let major = (dev & 0xfff00) >> 8;
+    let minor = (dev & 0xff) | ((dev >> 12) & 0xfff00);
+    libc::makedev(major, minor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_numbers_round_trip_through_the_fuse_encoding() {
+        for (major, minor) in [
+            (0, 0),
+            (1, 3),
+            (8, 1),
+            (259, 0),
+            (4095, 1_048_575),
+            (10, 229),
+        ] {
+            let dev = libc::makedev(major, minor);
+            assert_eq!(decode_dev(encode_dev(dev)), dev, "{major}:{minor}");
+        }
+    }
+
+    #[test]
+    fn open_flags_leave_creation_to_the_server() {
+        let f = open_flags(libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_APPEND);
+        assert!(f.contains(OFlags::RDWR | OFlags::APPEND | OFlags::CLOEXEC));
+        assert!(!f.contains(OFlags::CREATE) && !f.contains(OFlags::EXCL));
+    }
+
+    #[test]
+    fn times_before_the_epoch_survive() {
+        let t = UNIX_EPOCH - Duration::from_millis(1500);
+        let ts = timespec(Some(TimeOrNow::SpecificTime(t)));
+        assert_eq!((ts.tv_sec, ts.tv_nsec), (-2, 500_000_000));
+        assert_eq!(time(-2, 500_000_000), t);
+    }
+}
