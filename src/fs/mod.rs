@@ -373,11 +373,23 @@ impl MappedFs {
         self.adopt(req, &parent, dup.as_fd(), fd)
     }
 
-    fn xattr_reply(reply: ReplyXattr, size: u32, result: rustix::io::Result<Vec<u8>>) {
-        match result {
-            Ok(value) if size == 0 => reply.size(value.len() as u32),
-            Ok(value) if value.len() > size as usize => reply.error(Errno::ERANGE),
-            Ok(value) => reply.data(&value),
+    /// getxattr/listxattr: size 0 asks for the size; otherwise the value, or ERANGE from
+    /// SOURCE when it does not fit.
+    fn xattr_reply(
+        reply: ReplyXattr,
+        size: u32,
+        query: impl FnOnce() -> rustix::io::Result<usize>,
+        read: impl FnOnce(&mut [u8]) -> rustix::io::Result<usize>,
+    ) {
+        if size == 0 {
+            return match query() {
+                Ok(n) => reply.size(n as u32),
+                Err(e) => reply.error(errno(e)),
+            };
+        }
+        let mut buf = vec![0u8; size as usize];
+        match read(&mut buf) {
+            Ok(n) => reply.data(&buf[..n]),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -819,8 +831,12 @@ impl Filesystem for MappedFs {
             Err(e) => return reply.error(e),
         };
         let path = proc_path(node.fd.as_raw_fd());
-        let result = read_sized(|buf| rustix::fs::getxattr(&path, name, buf));
-        Self::xattr_reply(reply, size, result);
+        Self::xattr_reply(
+            reply,
+            size,
+            || rustix::fs::getxattr_query(&path, name),
+            |buf| rustix::fs::getxattr(&path, name, buf),
+        );
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
@@ -829,8 +845,12 @@ impl Filesystem for MappedFs {
             Err(e) => return reply.error(e),
         };
         let path = proc_path(node.fd.as_raw_fd());
-        let result = read_sized(|buf| rustix::fs::listxattr(&path, buf));
-        Self::xattr_reply(reply, size, result);
+        Self::xattr_reply(
+            reply,
+            size,
+            || rustix::fs::listxattr_query(&path),
+            |buf| rustix::fs::listxattr(&path, buf),
+        );
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -1082,24 +1102,6 @@ fn read_dir(fd: BorrowedFd<'_>) -> rustix::io::Result<Vec<DirEntry>> {
         });
     }
     Ok(out)
-}
-
-/// `getxattr`-style calls: ask the size, then read (retrying if it grew in between).
-fn read_sized(
-    mut call: impl FnMut(&mut [u8]) -> rustix::io::Result<usize>,
-) -> rustix::io::Result<Vec<u8>> {
-    loop {
-        let size = call(&mut [])?;
-        let mut buf = vec![0u8; size];
-        match call(&mut buf) {
-            Ok(n) => {
-                buf.truncate(n);
-                return Ok(buf);
-            }
-            Err(SysErrno::RANGE) => continue,
-            Err(e) => return Err(e),
-        }
-    }
 }
 
 fn time(secs: i64, nsecs: i64) -> SystemTime {
