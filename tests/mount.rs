@@ -210,10 +210,8 @@ fn every_operation_through_a_root_mount_lands_as_the_mapped_owner() {
     let before = fs::metadata(s.join("file")).unwrap().atime();
     let path = cstr(&m.join("file"));
     // SAFETY: valid path and a two-element array, as utimensat requires.
-    assert_eq!(
-        errno_of(unsafe { libc::utimensat(libc::AT_FDCWD, path.as_ptr(), times.as_ptr(), 0) }),
-        0
-    );
+    let ret = unsafe { libc::utimensat(libc::AT_FDCWD, path.as_ptr(), times.as_ptr(), 0) };
+    assert_eq!(errno_of(ret), 0);
     let after = fs::metadata(s.join("file")).unwrap();
     assert_eq!(
         (after.mtime(), after.mtime_nsec(), after.atime()),
@@ -251,10 +249,8 @@ fn every_operation_through_a_root_mount_lands_as_the_mapped_owner() {
         .open(m.join("big"))
         .unwrap();
     // SAFETY: a valid descriptor.
-    assert_eq!(
-        unsafe { libc::fallocate(big.as_raw_fd(), 0, 0, 1 << 20) },
-        0
-    );
+    let ret = unsafe { libc::fallocate(big.as_raw_fd(), 0, 0, 1 << 20) };
+    assert_eq!(ret, 0);
     assert_eq!(fs::metadata(s.join("big")).unwrap().len(), 1 << 20);
     let src_file = fs::File::open(m.join("dir/moved")).unwrap();
     // SAFETY: valid descriptors; null offsets use the files' positions.
@@ -358,10 +354,8 @@ fn paths_far_beyond_path_max_work() {
     let mut dir = fs::File::open(f.mnt()).map(OwnedFd::from).unwrap();
     for _ in 0..30 {
         // SAFETY: valid descriptor and C string.
-        assert_eq!(
-            unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), 0o755) },
-            0
-        );
+        let ret = unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), 0o755) };
+        assert_eq!(ret, 0);
         dir = open_at(dir.as_raw_fd(), &name);
     }
     let leaf = CString::new("leaf").unwrap();
@@ -385,10 +379,8 @@ fn paths_far_beyond_path_max_work() {
     // SAFETY: zeroed stat filled by fstatat.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: valid descriptor, C string and out-struct.
-    assert_eq!(
-        unsafe { libc::fstatat(dir.as_raw_fd(), leaf.as_ptr(), &mut st, 0) },
-        0
-    );
+    let ret = unsafe { libc::fstatat(dir.as_raw_fd(), leaf.as_ptr(), &mut st, 0) };
+    assert_eq!(ret, 0);
     assert_eq!(
         st.st_uid, 0,
         "root mounted with the default map: root is itself"
