@@ -192,6 +192,9 @@ pub enum Strategy {
     /// Keep the container's user (root by default); each bind mount becomes a kernel idmapped
     /// mount, so what that user writes is stored as the owner.
     Idmap,
+    /// Keep the container's user; each bind mount is served through `asme mount` (FUSE), where
+    /// that user's writes are stored as the owner. For sources that refuse idmapped mounts.
+    Fuse,
     /// Run the command as the owner, with an account (name, group, writable HOME) made for it.
     User,
     /// Run as plain docker would, then give everything the container left in bind mounts back

@@ -540,7 +540,8 @@ fn an_idmap_less_source_falls_back_or_fails_cleanly() {
             != Some(0)
     );
     assert_no_leases();
-    // auto: one notice line, then the user strategy, and the file is still the owner's.
+    // auto: one notice line, then the fuse strategy (the container stays root), and the file
+    // is still the owner's.
     let run = Run::of(asme_as(
         user,
         &mnt.path,
@@ -550,8 +551,9 @@ fn an_idmap_less_source_falls_back_or_fails_cleanly() {
             "-v",
             &mount,
             &image("busybox"),
-            "touch",
-            "/w/f",
+            "sh",
+            "-c",
+            "touch /w/f && id -u",
         ],
     ));
     let notices: Vec<_> = run
@@ -561,12 +563,18 @@ fn an_idmap_less_source_falls_back_or_fails_cleanly() {
         .collect();
     assert_eq!(notices.len(), 1, "{}", run.explain());
     assert!(
-        notices[0].contains("using the user strategy"),
+        notices[0].contains("using the fuse strategy"),
         "{}",
         run.explain()
     );
-    run.ok();
+    assert_eq!(run.ok().trim(), "0");
     assert_all_owned(&src.path, user, 1);
+    let served = format!("fuse.asme {} ", mnt.path.display());
+    assert!(
+        !fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .contains(&served)
+    );
 }
 
 #[test]

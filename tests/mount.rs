@@ -11,7 +11,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
-use std::sync::{OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use testenv::*;
 
@@ -21,17 +21,9 @@ const ASME: &str = env!("CARGO_BIN_EXE_asme");
 /// holds it for reading.
 static HOST: RwLock<()> = RwLock::new(());
 
-/// The host as distributions ship it: /dev/fuse 0666 and `user_allow_other` (this VM has
-/// /dev/fuse 0600), so that ordinary users can mount and docker can see their mounts.
+/// The host as distributions ship it (the harness sets it up: `stock_fuse_host`).
 fn fuse_host() -> RwLockReadGuard<'static, ()> {
-    static DONE: OnceLock<()> = OnceLock::new();
-    DONE.get_or_init(|| {
-        fs::set_permissions("/dev/fuse", fs::Permissions::from_mode(0o666)).unwrap();
-        let conf = fs::read_to_string("/etc/fuse.conf").unwrap_or_default();
-        if !conf.lines().any(|l| l.trim() == "user_allow_other") {
-            fs::write("/etc/fuse.conf", format!("{conf}user_allow_other\n")).unwrap();
-        }
-    });
+    users();
     HOST.read().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -652,4 +644,79 @@ print('all operations ok')
     ]));
     assert_eq!(out.trim(), "all operations ok");
     assert_all_owned(&f.src(), u, 3);
+}
+
+/// Pids of the `asme mount` servers serving `source`.
+fn servers_of(source: &Path) -> Vec<i32> {
+    let needle = source.as_os_str().as_bytes();
+    fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                let args: Vec<&[u8]> = c.split(|b| *b == 0).collect();
+                args.contains(&b"--notify-ready".as_slice()) && args.contains(&needle)
+            })
+        })
+        .collect()
+}
+
+/// Waits (pidfd, no polling) until `pid` has exited; false after 20 s.
+fn exits(pid: i32) -> bool {
+    // SAFETY: pidfd_open takes a pid and flags; the result is checked.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
+    if fd < 0 {
+        return true; // already gone
+    }
+    // SAFETY: a descriptor we own from here on.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    unsafe { libc::poll(&mut pfd, 1, 20_000) == 1 }
+}
+
+#[test]
+fn fuse_strategy_serves_a_detached_container_until_it_stops() {
+    let _host = fuse_host();
+    let u = user1234();
+    let dir = TestDir::new(u, "fuse-strategy");
+    let name = ContainerName::new("fuse-strategy");
+    let mount = format!("{}:/w", dir.path.display());
+    let out = ok(asme_as(
+        u,
+        &dir.path,
+        &[
+            "--strategy",
+            "fuse",
+            "run",
+            "-d",
+            "--name",
+            &name.0,
+            "-v",
+            &mount,
+            &image("busybox"),
+            "sh",
+            "-c",
+            "touch /w/started && exec tail -f /dev/null",
+        ],
+    ));
+    assert!(!out.trim().is_empty());
+    let servers = servers_of(&dir.path);
+    assert_eq!(servers.len(), 1, "one server for the one bind mount");
+    // The host's view is detached already; the container still writes, as root, as the user.
+    assert!(!mountinfo().contains(&format!("{} ", dir.path.display())));
+    ok(docker(&[
+        "exec",
+        &name.0,
+        "sh",
+        "-c",
+        "mkdir /w/d && echo x > /w/d/f && id -u",
+    ]));
+    assert_all_owned(&dir.path, u, 3);
+    ok(docker(&["rm", "-f", &name.0]));
+    assert!(exits(servers[0]), "the server outlived its container");
 }

@@ -70,6 +70,15 @@ impl IdMap {
         map
     }
 
+    /// `source` shown as `mount` (users and groups): how `asme run` maps the owner to the
+    /// container's user.
+    pub fn single(source: (u32, u32), mount: (u32, u32)) -> IdMap {
+        IdMap {
+            users: Pairs(vec![(source.0, mount.0)]),
+            groups: Pairs(vec![(source.1, mount.1)]),
+        }
+    }
+
     /// Parses SPEC (`a/b:@c/@d:...`), names resolved in the host's passwd and group files.
     pub fn parse(spec: &str, passwd: &PasswdFile, group: &GroupFile) -> Result<IdMap, MapError> {
         let mut map = IdMap::default();

@@ -265,6 +265,44 @@ fn open_source(source: &Path) -> Result<OwnedFd> {
     })
 }
 
+/// Whether this process can make a mount that docker (root) can use: what `asme run` asks
+/// before it picks the fuse strategy.
+pub fn usable_for_docker() -> Result<()> {
+    check_dev_fuse()?;
+    if !rustix::process::geteuid().is_root() {
+        check_user_mount(&parse_options(&[])?)?;
+    }
+    Ok(())
+}
+
+/// A detached `asme mount --notify-ready` of `source` at `mountpoint` (which must exist),
+/// with `map`; returns once it is mounted, or with the server's one-line error.
+pub fn spawn_server(exe: &Path, map: &IdMap, source: &Path, mountpoint: &Path) -> Result<()> {
+    let mut child = Command::new(exe)
+        .args(["mount", "--notify-ready", "--map", &map.to_string(), "--"])
+        .arg(source)
+        .arg(mountpoint)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting asme mount")?;
+    let mut line = String::new();
+    let _ = BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line);
+    if line.trim() == "ready" {
+        return Ok(());
+    }
+    let mut err = String::new();
+    let _ = std::io::Read::read_to_string(&mut child.stderr.take().expect("piped"), &mut err);
+    let _ = child.wait();
+    let err = err.lines().next().unwrap_or("failed").trim();
+    bail!(
+        "asme mount of {}: {}",
+        source.display(),
+        err.strip_prefix("asme: ").unwrap_or(err)
+    )
+}
+
 fn check_mountpoint(mountpoint: &Path) -> Result<()> {
     match rustix::fs::stat(mountpoint) {
         Ok(st) if st.st_mode & libc::S_IFMT != libc::S_IFDIR => {

@@ -63,6 +63,11 @@ impl Cache {
     }
 
     /// Where the `fix` strategy's pending repairs are journaled.
+    /// Where the fuse strategy's mount points live while a run uses them.
+    pub fn mount_dir(&self) -> PathBuf {
+        self.root.join("mnt")
+    }
+
     pub fn pending_dir(&self) -> PathBuf {
         self.root.join("pending")
     }

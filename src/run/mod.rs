@@ -19,6 +19,7 @@ use anyhow::{Context as _, Result, bail};
 use crate::agent;
 use crate::cli::{Cli, Strategy};
 use crate::fix;
+use crate::fs;
 use crate::init::probe::ImageFacts;
 use crate::owner::{self, Owner};
 use args::RunArgs;
@@ -111,14 +112,24 @@ pub fn run(cli: &Cli, argv: &[String]) -> Result<()> {
         Strategy::Fix => return run_then_repair(&ctx, &args, &command),
         Strategy::User => user_setup(&ctx, &args)?,
         Strategy::Idmap => idmap_setup(&ctx, &args)?,
+        Strategy::Fuse => return run_through_fuse(&ctx, &args, &command),
         // idmap keeps the container's own user, so it is the first choice. An owner who is
         // root needs no mapping, and must not turn an image's non-root USER into root either.
         Strategy::Auto if owner.uid == 0 => {
             ctx.say("strategy auto: you are root, so the container keeps its own user");
             Setup::keep_user(&args, &ctx.exe)
         }
+        // Next, where a source refuses idmapped mounts (FUSE, NFS): the same mapping through
+        // asme mount. Otherwise the user strategy, which needs nothing from the host.
         Strategy::Auto => match idmap_setup(&ctx, &args) {
             Ok(setup) => setup,
+            Err(e) if e.is::<IdmapRefused>() && fs::mount::usable_for_docker().is_ok() => {
+                eprintln!(
+                    "asme: notice: idmap strategy unavailable ({e:#}); using the fuse strategy \
+                     (asme mount)"
+                );
+                return run_through_fuse(&ctx, &args, &command);
+            }
             Err(e) => {
                 eprintln!(
                     "asme: notice: idmap strategy unavailable ({e:#}); using the user strategy"
@@ -176,6 +187,77 @@ fn run_then_repair(ctx: &Context, args: &RunArgs, command: &[String]) -> Result<
         ),
     }
     std::process::exit(status)
+}
+
+/// A bind source whose filesystem refuses idmapped mounts (the case for the fuse strategy).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct IdmapRefused(String);
+
+/// Strategy `fuse`: like idmap, but each bind source is served by `asme mount` (run as the
+/// user) with the owner shown as the container's user. docker runs as a child; when it
+/// returns, the host's view of each mount is detached, and its server exits when the
+/// container lets go of it (at once, or when a `-d` container stops).
+fn run_through_fuse(ctx: &Context, args: &RunArgs, command: &[String]) -> Result<()> {
+    let container = container_ids(ctx, args)?;
+    if ctx.owner.uid == 0 || ctx.owner.gid == 0 {
+        bail!(
+            "the fuse strategy never stores files as host root; the owner {} is root",
+            ctx.owner
+        );
+    }
+    let binds = mounts::bind_mounts(args);
+    ctx.say(format_args!(
+        "strategy fuse: the container keeps uid {}:{}; {} bind mount(s) are served by asme mount, \
+         storing its writes as {}",
+        container.0,
+        container.1,
+        binds.len(),
+        ctx.owner
+    ));
+    let cwd = std::env::current_dir().context("reading the working folder")?;
+    let map = fs::map::IdMap::single((ctx.owner.uid, ctx.owner.gid), container);
+    let mut mounted = FuseMounts(Vec::new());
+    for (i, bind) in binds.iter().enumerate() {
+        let source = bind.absolute_source(&cwd);
+        open_source(&source, bind.kind)?;
+        let point = ctx
+            .cache
+            .mount_dir()
+            .join(format!("{}-{i}", std::process::id()));
+        std::fs::create_dir_all(&point).with_context(|| format!("creating {}", point.display()))?;
+        if let Err(e) = fs::mount::spawn_server(&ctx.exe, &map, &source, &point) {
+            let _ = std::fs::remove_dir(&point);
+            return Err(e);
+        }
+        mounted.0.push(point);
+    }
+    let setup_args = mounts::with_sources(args, &binds, &mounted.0);
+    let final_argv = plan::rewrite(
+        &setup_args,
+        command,
+        &Setup::keep_user(args, &ctx.exe).inject,
+    );
+    ctx.say(format_args!("docker {}", shell_words(&final_argv)));
+    let status = crate::sys::run_forwarding_signals("docker".as_ref(), &final_argv)
+        .context("running docker")?;
+    drop(mounted);
+    std::process::exit(status)
+}
+
+/// The host side of the fuse strategy's mounts: detached (lazily: a `-d` container still
+/// uses them) and their folders removed when dropped, whatever happened.
+struct FuseMounts(Vec<PathBuf>);
+
+impl Drop for FuseMounts {
+    fn drop(&mut self) {
+        for point in &self.0 {
+            if let Err(e) = fs::mount::umount(point, true) {
+                eprintln!("asme: {e:#}");
+            }
+            let _ = std::fs::remove_dir(point);
+        }
+    }
 }
 
 /// Strategy `user`: run as the owner with a synthesised account.
@@ -248,10 +330,10 @@ fn idmap_setup<'a>(ctx: &'a Context, args: &RunArgs) -> Result<Setup<'a>> {
         .collect::<Result<Vec<_>>>()?;
     for (bind, source) in binds.iter().zip(&sources) {
         if ctx.cache.idmap_unsupported(source.as_fd()) {
-            bail!(
+            return Err(anyhow::Error::new(IdmapRefused(format!(
                 "{} is on a filesystem that refuses idmapped mounts (remembered)",
                 bind.source
-            );
+            ))));
         }
     }
     let borrowed: Vec<_> = sources.iter().map(|s| s.as_fd()).collect();
@@ -267,7 +349,9 @@ fn idmap_setup<'a>(ctx: &'a Context, args: &RunArgs) -> Result<Setup<'a>> {
             let what = source_index
                 .and_then(|i| binds.get(i))
                 .map_or("a bind mount", |b| &b.source);
-            bail!("{what}: {message}");
+            return Err(anyhow::Error::new(IdmapRefused(format!(
+                "{what}: {message}"
+            ))));
         }
         Err(agent::LeaseError::Other(e)) => return Err(e),
     };

@@ -62,6 +62,7 @@ fn setup() {
         );
         ensure_user(1000, "asme1000");
         ensure_user(1234, "asme1234");
+        stock_fuse_host();
         // An agent left running by another build would answer for this one: start afresh.
         let stop = Command::new(env!("CARGO_BIN_EXE_asme"))
             .args(["agent", "stop"])
@@ -91,6 +92,16 @@ fn setup() {
             dir = d.parent();
         }
     });
+}
+
+/// FUSE as distributions ship it: /dev/fuse 0666 (this VM has 0600) and `user_allow_other` in
+/// /etc/fuse.conf, so that users can mount and docker can reach their mounts.
+pub fn stock_fuse_host() {
+    fs::set_permissions("/dev/fuse", fs::Permissions::from_mode_ext(0o666)).unwrap();
+    let conf = fs::read_to_string("/etc/fuse.conf").unwrap_or_default();
+    if !conf.lines().any(|l| l.trim() == "user_allow_other") {
+        fs::write("/etc/fuse.conf", format!("{conf}user_allow_other\n")).unwrap();
+    }
 }
 
 /// Makes sure a user with this uid exists (keeping an existing one) and is in the docker group.
