@@ -85,6 +85,8 @@ pub struct Security {
 #[derive(Debug, Serialize)]
 pub struct Strategies {
     pub idmap: Outcome,
+    /// `auto`'s choice where PATH's filesystem refuses idmapped mounts.
+    pub fuse: Outcome,
     pub user: Outcome,
     /// Never chosen by `auto` while idmap or user works; listed so its state is known.
     pub fix: Outcome,
@@ -101,6 +103,7 @@ impl Strategies {
     fn failed(detail: &str) -> Strategies {
         Strategies {
             idmap: Outcome::failed(detail),
+            fuse: Outcome::failed(detail),
             user: Outcome::failed(detail),
             fix: Outcome::failed(detail),
         }
@@ -205,6 +208,8 @@ fn examine(cli: &Cli, path: Option<&Path>) -> Result<Report> {
         "keep"
     } else if strategies.idmap.ok {
         "idmap"
+    } else if strategies.fuse.ok && strategies.idmap.detail.contains("refuse") {
+        "fuse"
     } else if strategies.user.ok {
         "user"
     } else if strategies.fix.ok {
@@ -287,6 +292,7 @@ fn self_tests(docker: &Docker, path: &Path, owner: Owner) -> Result<Strategies> 
     let image = Throwaway::import(docker, &exe)?;
     Ok(Strategies {
         idmap: self_test(&exe, "idmap", &image.tag, &scratch.0, owner),
+        fuse: self_test(&exe, "fuse", &image.tag, &scratch.0, owner),
         user: self_test(&exe, "user", &image.tag, &scratch.0, owner),
         fix: self_test(&exe, "fix", &image.tag, &scratch.0, owner),
     })
@@ -488,6 +494,11 @@ fn table(report: &Report) -> String {
             "strategy idmap",
             pass(report.strategies.idmap.ok),
             report.strategies.idmap.detail.clone(),
+        ),
+        (
+            "strategy fuse",
+            pass(report.strategies.fuse.ok),
+            report.strategies.fuse.detail.clone(),
         ),
         (
             "strategy user",

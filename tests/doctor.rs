@@ -44,6 +44,7 @@ fn json_report_says_both_strategies_work_and_leaves_nothing() {
         .unwrap_or_else(|e| panic!("doctor --json printed no JSON ({e})\n{explain}"));
 
     assert_eq!(report["strategies"]["idmap"]["ok"], true, "{report:#}");
+    assert_eq!(report["strategies"]["fuse"]["ok"], true, "{report:#}");
     assert_eq!(report["strategies"]["user"]["ok"], true, "{report:#}");
     assert_eq!(report["strategies"]["fix"]["ok"], true, "{report:#}");
     assert_eq!(report["auto"], "idmap", "{report:#}");
@@ -84,6 +85,7 @@ fn table_names_the_auto_strategy() {
         "path",
         "fuse",
         "strategy idmap",
+        "strategy fuse",
         "strategy user",
         "strategy fix",
     ] {
@@ -137,4 +139,30 @@ fn root_is_told_that_nothing_is_mapped() {
         .arg(&dir.path);
     let report: serde_json::Value = serde_json::from_str(&ok(&mut cmd)).unwrap();
     assert_eq!(report["auto"], "keep", "{report:#}");
+}
+
+#[test]
+fn on_a_source_that_refuses_idmap_auto_is_fuse() {
+    let _lock = one_at_a_time();
+    let user = user1234();
+    let src = TestDir::new(user, "doctor-bindfs-src");
+    let mnt = TestDir::new(user, "doctor-bindfs-mnt");
+    ok(std::process::Command::new("bindfs")
+        .args(["-o", "allow_other"])
+        .arg(&src.path)
+        .arg(&mnt.path));
+    struct Unmount<'a>(&'a std::path::Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _unmount = Unmount(&mnt.path);
+    let path = mnt.path.to_str().unwrap();
+    let report: serde_json::Value =
+        serde_json::from_str(&ok(asme_as(user, &mnt.path, &["doctor", "--json", path]))).unwrap();
+    assert_eq!(report["strategies"]["idmap"]["ok"], false, "{report:#}");
+    assert_eq!(report["strategies"]["fuse"]["ok"], true, "{report:#}");
+    assert_eq!(report["auto"], "fuse", "{report:#}");
+    assert!(leftovers(&mnt).is_empty());
 }
