@@ -95,7 +95,7 @@ impl MappedFs {
     pub fn new(source: OwnedFd, settings: Settings) -> std::io::Result<MappedFs> {
         let st = rustix::fs::fstat(&source)?;
         Ok(MappedFs {
-            nodes: Table::new(source, key(&st)),
+            nodes: Table::new(source, key(&st), descriptor_budget()),
             settings,
             dirs: Mutex::new(HashMap::new()),
             next_dir: AtomicU64::new(1),
@@ -106,6 +106,18 @@ impl MappedFs {
 
     fn node(&self, ino: INodeNo) -> Result<Arc<Node>> {
         self.nodes.get(ino.0).ok_or(Errno::ESTALE)
+    }
+
+    /// The node's `O_PATH` descriptor (see `node::Table::fd`).
+    fn fd(&self, node: &Node) -> Result<Arc<OwnedFd>> {
+        self.nodes.fd(node).map_err(Errno::from)
+    }
+
+    /// The node of `ino` and its descriptor.
+    fn node_fd(&self, ino: INodeNo) -> Result<(Arc<Node>, Arc<OwnedFd>)> {
+        let node = self.node(ino)?;
+        let fd = self.fd(&node)?;
+        Ok((node, fd))
     }
 
     fn attr(&self, st: &Stat) -> FileAttr {
@@ -130,15 +142,17 @@ impl MappedFs {
     }
 
     fn stat_node(&self, node: &Node) -> Result<FileAttr> {
-        let st = rustix::fs::fstat(&node.fd).map_err(errno)?;
+        let st = rustix::fs::fstat(&*self.fd(node)?).map_err(errno)?;
         Ok(self.attr(&st))
     }
 
     /// Looks `name` up in `parent` and counts the kernel's reference.
-    fn lookup_entry(&self, parent: &Node, name: &OsStr) -> Result<FileAttr> {
-        let fd = open_path(parent, name)?;
+    fn lookup_entry(&self, parent: INodeNo, name: &OsStr) -> Result<FileAttr> {
+        let (_, dir) = self.node_fd(parent)?;
+        let fd = open_path(&dir, name)?;
         let st = rustix::fs::fstat(&fd).map_err(errno)?;
-        self.nodes.remember(fd, key(&st));
+        self.nodes
+            .remember(fd, key(&st), is_dir(&st), parent.0, name);
         Ok(self.attr(&st))
     }
 
@@ -155,7 +169,8 @@ impl MappedFs {
     fn adopt(
         &self,
         req: &Request,
-        parent: &Node,
+        parent: (INodeNo, &OwnedFd),
+        name: &OsStr,
         fd: BorrowedFd<'_>,
         path_fd: OwnedFd,
     ) -> Result<FileAttr> {
@@ -164,11 +179,12 @@ impl MappedFs {
             return Err(Errno::ESTALE); // replaced on SOURCE in between
         }
         let st = if self.as_root {
-            self.give_to_creator(req, parent, fd, &st)?
+            self.give_to_creator(req, parent.1, fd, &st)?
         } else {
             st
         };
-        self.nodes.remember(path_fd, key(&st));
+        self.nodes
+            .remember(path_fd, key(&st), is_dir(&st), (parent.0).0, name);
         Ok(self.attr(&st))
     }
 
@@ -177,13 +193,13 @@ impl MappedFs {
     fn give_to_creator(
         &self,
         req: &Request,
-        parent: &Node,
+        parent: &OwnedFd,
         fd: BorrowedFd<'_>,
         st: &Stat,
     ) -> Result<Stat> {
         let map = &self.settings.map;
         let uid = map.users.to_source(req.uid());
-        let parent_st = rustix::fs::fstat(&parent.fd).map_err(errno)?;
+        let parent_st = rustix::fs::fstat(parent).map_err(errno)?;
         let gid = if parent_st.st_mode as u32 & libc::S_ISGID != 0 {
             parent_st.st_gid
         } else {
@@ -203,7 +219,7 @@ impl MappedFs {
 
     fn open_dir_handle(&self, node: &Node) -> Result<u64> {
         let fd = rustix::fs::openat(
-            &node.fd,
+            &*self.fd(node)?,
             ".",
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
@@ -233,7 +249,8 @@ impl MappedFs {
 
     /// A data descriptor for `node`, opened through its `O_PATH` descriptor.
     fn reopen(&self, node: &Node, flags: OFlags) -> Result<OwnedFd> {
-        rustix::fs::open(proc_path(node.fd.as_raw_fd()), flags, Mode::empty()).map_err(errno)
+        let fd = self.fd(node)?;
+        rustix::fs::open(proc_path(fd.as_raw_fd()), flags, Mode::empty()).map_err(errno)
     }
 
     fn open_file(&self, node: &Node, flags: i32, reply: ReplyOpen) {
@@ -242,10 +259,13 @@ impl MappedFs {
             Ok(fd) => fd,
             Err(e) => return reply.error(e),
         };
-        let raw = fd.into_raw_fd() as u64;
         if self.passthrough.load(Ordering::Relaxed) {
-            let mut backing = lock(&node.backing);
-            match self.backing_for(node, &mut backing, flags, |fd| reply.open_backing(fd)) {
+            let mut io = lock(&node.io);
+            let backing = self.backing_for(&mut io.backing, fd.as_fd(), flags, |fd| {
+                reply.open_backing(fd)
+            });
+            let raw = fd.into_raw_fd() as u64;
+            match backing {
                 Ok(Some(id)) => {
                     reply.opened_passthrough(
                         FileHandle(raw | PASSTHROUGH_FH),
@@ -266,33 +286,33 @@ impl MappedFs {
                 }
             }
         }
+        let raw = fd.into_raw_fd() as u64;
         reply.opened(FileHandle(raw), FopenFlags::FOPEN_KEEP_CACHE);
     }
 
-    /// The inode's backing id, registered on first open (read-write when allowed, so later
-    /// opens of any mode share it). None when the existing one cannot serve `flags`.
+    /// The inode's backing id: the first passthrough handle's own file, registered with the
+    /// kernel (which keeps its own reference). None when it cannot serve `flags` (a writer
+    /// after a read-only first open).
     fn backing_for<'a>(
         &self,
-        node: &Node,
         slot: &'a mut Option<Backing>,
+        handle: BorrowedFd<'_>,
         flags: OFlags,
         register: impl FnOnce(BorrowedFd<'_>) -> std::io::Result<fuser::BackingId>,
     ) -> Result<Option<&'a fuser::BackingId>> {
         let wants_write = flags.contains(OFlags::WRONLY) || flags.contains(OFlags::RDWR);
         if slot.is_none() {
-            let (fd, writable) = match self.reopen(node, OFlags::RDWR | OFlags::CLOEXEC) {
-                Ok(fd) => (fd, true),
-                Err(_) => (self.reopen(node, OFlags::RDONLY | OFlags::CLOEXEC)?, false),
-            };
-            let id = register(fd.as_fd()).map_err(Errno::from)?;
+            let id = register(handle).map_err(Errno::from)?;
             *slot = Some(Backing {
                 id,
                 opens: 0,
-                writable,
+                // O_WRONLY files cannot be read through: not a backing for readers.
+                writable: flags.contains(OFlags::RDWR),
             });
         }
         let backing = slot.as_mut().expect("set above");
-        if wants_write && !backing.writable {
+        let readable = !flags.contains(OFlags::WRONLY) || backing.writable;
+        if (wants_write && !backing.writable) || !readable {
             return Ok(None);
         }
         backing.opens += 1;
@@ -301,11 +321,11 @@ impl MappedFs {
 
     fn release_backing(&self, ino: INodeNo) {
         if let Ok(node) = self.node(ino) {
-            let mut backing = lock(&node.backing);
-            if let Some(b) = backing.as_mut() {
+            let mut io = lock(&node.io);
+            if let Some(b) = io.backing.as_mut() {
                 b.opens = b.opens.saturating_sub(1);
                 if b.opens == 0 {
-                    *backing = None;
+                    io.backing = None;
                 }
             }
         }
@@ -321,14 +341,15 @@ impl MappedFs {
             mtime,
             fh,
         } = change;
+        let path_fd = self.fd(node)?;
         if let Some(mode) = mode {
-            chmod_fd(node.fd.as_fd(), mode & 0o7777).map_err(errno)?;
+            chmod_fd(path_fd.as_fd(), mode & 0o7777).map_err(errno)?;
         }
         if uid.is_some() || gid.is_some() {
             let map = &self.settings.map;
             let uid = uid.map(|u| map.users.to_source(u));
             let gid = gid.map(|g| map.groups.to_source(g));
-            chown_fd(node.fd.as_fd(), uid, gid).map_err(errno)?;
+            chown_fd(path_fd.as_fd(), uid, gid).map_err(errno)?;
         }
         if let Some(size) = size {
             // A handle comes only with ftruncate, so it is a file's descriptor (for a folder
@@ -350,13 +371,31 @@ impl MappedFs {
             // The magic link of the O_PATH descriptor is the object itself, symlinks included.
             rustix::fs::utimensat(
                 rustix::fs::CWD,
-                proc_path(node.fd.as_raw_fd()),
+                proc_path(path_fd.as_raw_fd()),
                 &times,
                 AtFlags::empty(),
             )
             .map_err(errno)?;
         }
         self.stat_node(node)
+    }
+
+    /// The known node named `name` in `dir` is losing that name: keep it reachable.
+    fn pin_named(&self, dir: &OwnedFd, name: &OsStr) {
+        if let Ok(st) = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
+            && let Some(node) = self.nodes.by_key(key(&st))
+        {
+            let _ = self.nodes.pin(&node);
+        }
+    }
+
+    /// The object now named `name` in `dir` was renamed there.
+    fn moved(&self, dir: &OwnedFd, name: &OsStr, to: (INodeNo, &OsStr)) {
+        if let Ok(st) = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
+            && let Some(node) = self.nodes.by_key(key(&st))
+        {
+            self.nodes.renamed(&node, ((to.0).0, to.1));
+        }
     }
 
     fn make_node(
@@ -366,11 +405,11 @@ impl MappedFs {
         name: &OsStr,
         make: impl FnOnce(BorrowedFd<'_>) -> rustix::io::Result<()>,
     ) -> Result<FileAttr> {
-        let parent = self.node(parent)?;
-        make(parent.fd.as_fd()).map_err(errno)?;
-        let fd = open_path(&parent, name)?;
+        let (_, dir) = self.node_fd(parent)?;
+        make(dir.as_fd()).map_err(errno)?;
+        let fd = open_path(&dir, name)?;
         let dup = rustix::io::dup(&fd).map_err(errno)?;
-        self.adopt(req, &parent, dup.as_fd(), fd)
+        self.adopt(req, (parent, &dir), name, dup.as_fd(), fd)
     }
 
     /// getxattr/listxattr: size 0 asks for the size; otherwise the value, or ERANGE from
@@ -417,7 +456,7 @@ impl Filesystem for MappedFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let result = self.node(parent).and_then(|p| self.lookup_entry(&p, name));
+        let result = self.lookup_entry(parent, name);
         self.reply_entry(reply, result);
     }
 
@@ -473,8 +512,8 @@ impl Filesystem for MappedFs {
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         let result = self
-            .node(ino)
-            .and_then(|n| rustix::fs::readlinkat(&n.fd, "", Vec::new()).map_err(errno));
+            .node_fd(ino)
+            .and_then(|(_, fd)| rustix::fs::readlinkat(&*fd, "", Vec::new()).map_err(errno));
         match result {
             Ok(target) => reply.data(target.as_bytes()),
             Err(e) => reply.error(e),
@@ -515,16 +554,17 @@ impl Filesystem for MappedFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let result = self
-            .node(parent)
-            .and_then(|p| rustix::fs::unlinkat(&p.fd, name, AtFlags::empty()).map_err(errno));
+        let result = self.node_fd(parent).and_then(|(_, dir)| {
+            self.pin_named(&dir, name);
+            rustix::fs::unlinkat(&*dir, name, AtFlags::empty()).map_err(errno)
+        });
         reply_empty(reply, result);
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let result = self
-            .node(parent)
-            .and_then(|p| rustix::fs::unlinkat(&p.fd, name, AtFlags::REMOVEDIR).map_err(errno));
+        let result = self.node_fd(parent).and_then(|(_, dir)| {
+            rustix::fs::unlinkat(&*dir, name, AtFlags::REMOVEDIR).map_err(errno)
+        });
         reply_empty(reply, result);
     }
 
@@ -552,10 +592,20 @@ impl Filesystem for MappedFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let result = self.node(parent).and_then(|p| {
-            let np = self.node(newparent)?;
+        let result = self.node_fd(parent).and_then(|(_, dir)| {
+            let (_, new_dir) = self.node_fd(newparent)?;
             let flags = rustix::fs::RenameFlags::from_bits_retain(flags.bits());
-            rustix::fs::renameat_with(&p.fd, name, &np.fd, newname, flags).map_err(errno)
+            let exchange = flags.contains(rustix::fs::RenameFlags::EXCHANGE);
+            if !exchange {
+                self.pin_named(&new_dir, newname); // replaced, if it exists
+            }
+            rustix::fs::renameat_with(&*dir, name, &*new_dir, newname, flags).map_err(errno)?;
+            // Nodes known by the names that moved learn their new ones.
+            self.moved(&new_dir, newname, (newparent, newname));
+            if exchange {
+                self.moved(&dir, name, (parent, name));
+            }
+            Ok(())
         });
         reply_empty(reply, result);
     }
@@ -568,18 +618,18 @@ impl Filesystem for MappedFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        let result = self.node(ino).and_then(|n| {
-            let np = self.node(newparent)?;
+        let result = self.node_fd(ino).and_then(|(_, fd)| {
+            let (_, new_dir) = self.node_fd(newparent)?;
             // Through the magic link (AT_EMPTY_PATH would need CAP_DAC_READ_SEARCH).
             rustix::fs::linkat(
                 rustix::fs::CWD,
-                proc_path(n.fd.as_raw_fd()),
-                &np.fd,
+                proc_path(fd.as_raw_fd()),
+                &*new_dir,
                 newname,
                 AtFlags::SYMLINK_FOLLOW,
             )
             .map_err(errno)?;
-            self.lookup_entry(&np, newname)
+            self.lookup_entry(newparent, newname)
         });
         self.reply_entry(reply, result);
     }
@@ -635,9 +685,10 @@ impl Filesystem for MappedFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        // close() of a duplicate: what a close on SOURCE would report (NFS write-back errors).
-        let result = rustix::io::dup(borrow_fh(fh)).map(drop).map_err(errno);
-        reply_empty(reply, result);
+        // Nothing to do at close (no write-back cache; locks are the kernel's), and every close
+        // would wait for this round trip: ENOSYS tells the kernel never to send FLUSH again.
+        let _ = fh;
+        reply.error(Errno::ENOSYS);
     }
 
     fn release(
@@ -715,11 +766,8 @@ impl Filesystem for MappedFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let (dir, entries) = match self.node(ino).and_then(|n| {
-            let entries = self.dir_handle(fh).and_then(|d| self.entries(&d, offset))?;
-            Ok((n, entries))
-        }) {
-            Ok(found) => found,
+        let entries = match self.dir_handle(fh).and_then(|d| self.entries(&d, offset)) {
+            Ok(entries) => entries,
             Err(e) => return reply.error(e),
         };
         let ttl = self.settings.ttl;
@@ -744,7 +792,7 @@ impl Filesystem for MappedFs {
                 }
                 continue;
             }
-            let attr = match self.lookup_entry(&dir, name) {
+            let attr = match self.lookup_entry(ino, name) {
                 Ok(attr) => attr,
                 Err(_) => continue, // gone since the folder was read
             };
@@ -792,7 +840,7 @@ impl Filesystem for MappedFs {
         let result = self
             .node(ino)
             .or_else(|_| self.node(INodeNo(node::ROOT)))
-            .and_then(|n| rustix::fs::fstatvfs(&n.fd).map_err(errno));
+            .and_then(|n| rustix::fs::fstatvfs(&*self.fd(&n)?).map_err(errno));
         match result {
             Ok(s) => reply.statfs(
                 s.f_blocks,
@@ -818,19 +866,19 @@ impl Filesystem for MappedFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        let result = self.node(ino).and_then(|n| {
+        let result = self.node_fd(ino).and_then(|(_, fd)| {
             let flags = rustix::fs::XattrFlags::from_bits_retain(flags as u32);
-            rustix::fs::setxattr(proc_path(n.fd.as_raw_fd()), name, value, flags).map_err(errno)
+            rustix::fs::setxattr(proc_path(fd.as_raw_fd()), name, value, flags).map_err(errno)
         });
         reply_empty(reply, result);
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        let node = match self.node(ino) {
-            Ok(n) => n,
+        let fd = match self.node_fd(ino) {
+            Ok((_, fd)) => fd,
             Err(e) => return reply.error(e),
         };
-        let path = proc_path(node.fd.as_raw_fd());
+        let path = proc_path(fd.as_raw_fd());
         Self::xattr_reply(
             reply,
             size,
@@ -840,11 +888,11 @@ impl Filesystem for MappedFs {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        let node = match self.node(ino) {
-            Ok(n) => n,
+        let fd = match self.node_fd(ino) {
+            Ok((_, fd)) => fd,
             Err(e) => return reply.error(e),
         };
-        let path = proc_path(node.fd.as_raw_fd());
+        let path = proc_path(fd.as_raw_fd());
         Self::xattr_reply(
             reply,
             size,
@@ -854,8 +902,8 @@ impl Filesystem for MappedFs {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let result = self.node(ino).and_then(|n| {
-            rustix::fs::removexattr(proc_path(n.fd.as_raw_fd()), name).map_err(errno)
+        let result = self.node_fd(ino).and_then(|(_, fd)| {
+            rustix::fs::removexattr(proc_path(fd.as_raw_fd()), name).map_err(errno)
         });
         reply_empty(reply, result);
     }
@@ -875,19 +923,18 @@ impl Filesystem for MappedFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let parent = match self.node(parent) {
-            Ok(p) => p,
+        let dir = match self.node_fd(parent) {
+            Ok((_, dir)) => dir,
             Err(e) => return reply.error(e),
         };
         let open = open_flags(flags) | OFlags::NOFOLLOW;
         let perm = Mode::from_raw_mode(mode & 0o7777);
         // O_EXCL tells whether this call made the file (only then is it the creator's).
-        let created =
-            rustix::fs::openat(&parent.fd, name, open | OFlags::CREATE | OFlags::EXCL, perm);
+        let created = rustix::fs::openat(&*dir, name, open | OFlags::CREATE | OFlags::EXCL, perm);
         let (fd, made) = match created {
             Ok(fd) => (fd, true),
             Err(SysErrno::EXIST) if flags & libc::O_EXCL == 0 => {
-                match rustix::fs::openat(&parent.fd, name, open, Mode::empty()) {
+                match rustix::fs::openat(&*dir, name, open, Mode::empty()) {
                     Ok(fd) => (fd, false),
                     Err(e) => return reply.error(errno(e)),
                 }
@@ -895,22 +942,25 @@ impl Filesystem for MappedFs {
             Err(e) => return reply.error(errno(e)),
         };
         let attr = if made {
-            open_path(&parent, name)
-                .and_then(|path_fd| self.adopt(req, &parent, fd.as_fd(), path_fd))
+            open_path(&dir, name)
+                .and_then(|path_fd| self.adopt(req, (parent, &dir), name, fd.as_fd(), path_fd))
         } else {
-            self.lookup_entry(&parent, name)
+            self.lookup_entry(parent, name)
         };
         let attr = match attr {
             Ok(attr) => attr,
             Err(e) => return reply.error(e),
         };
-        let raw = fd.into_raw_fd() as u64;
         let ttl = self.settings.ttl;
         if self.passthrough.load(Ordering::Relaxed)
             && let Some(node) = self.nodes.get(attr.ino.0)
         {
-            let mut backing = lock(&node.backing);
-            match self.backing_for(&node, &mut backing, open, |fd| reply.open_backing(fd)) {
+            let mut io = lock(&node.io);
+            let backing = self.backing_for(&mut io.backing, fd.as_fd(), open, |fd| {
+                reply.open_backing(fd)
+            });
+            let raw = fd.into_raw_fd() as u64;
+            match backing {
                 Ok(Some(id)) => {
                     reply.created_passthrough(
                         &ttl,
@@ -939,6 +989,7 @@ impl Filesystem for MappedFs {
                 }
             }
         }
+        let raw = fd.into_raw_fd() as u64;
         reply.created(
             &ttl,
             &attr,
@@ -1018,6 +1069,19 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+fn is_dir(st: &Stat) -> bool {
+    st.st_mode & libc::S_IFMT == libc::S_IFDIR
+}
+
+/// How many files may hold an `O_PATH` descriptor at once: half the open-file limit (the other
+/// half is for folders, open handles and the kernel's own), see `node`.
+fn descriptor_budget() -> usize {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(1 << 20);
+    (limit / 2).min(1 << 20) as usize
+}
+
 fn key(st: &Stat) -> Key {
     (st.st_dev, st.st_ino)
 }
@@ -1045,9 +1109,9 @@ fn close_raw(fh: u64) {
 }
 
 /// The `O_PATH` descriptor a node holds: the object itself, never what a symlink names.
-fn open_path(parent: &Node, name: &OsStr) -> Result<OwnedFd> {
+fn open_path(dir: &OwnedFd, name: &OsStr) -> Result<OwnedFd> {
     rustix::fs::openat(
-        &parent.fd,
+        dir,
         name,
         OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         Mode::empty(),

@@ -130,7 +130,7 @@ pub fn main(req: &MountRequest) -> Result<()> {
 
     // The creator's mode must reach SOURCE exactly: the kernel applied the creator's umask.
     rustix::process::umask(Mode::empty());
-    crate::sys::fs::raise_open_files_limit();
+    raise_descriptor_limit();
     // Signals are taken by one thread (below); every server thread inherits the mask.
     let mut signals = SigSet::empty();
     for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
@@ -231,6 +231,26 @@ fn detach(req: &MountRequest) -> Result<()> {
     let status = child.wait().context("waiting for the mount server")?;
     // The server has said why on stderr; this line only carries the status.
     std::process::exit(status.code().unwrap_or(1).max(1));
+}
+
+/// The server keeps descriptors within half its open-file limit (see `node`); a higher limit
+/// means fewer reopens. As root up to the kernel's `nr_open`, otherwise the hard limit.
+fn raise_descriptor_limit() {
+    use rustix::process::{Resource, Rlimit, setrlimit};
+    if rustix::process::geteuid().is_root() {
+        let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .unwrap_or(1 << 20);
+        let _ = setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(nr_open),
+                maximum: Some(nr_open),
+            },
+        );
+    }
+    crate::sys::fs::raise_open_files_limit();
 }
 
 fn report_ready() {

@@ -1,20 +1,27 @@
 //! The inode table: what each FUSE node id stands for on SOURCE.
 //!
-//! Every node holds an `O_PATH` descriptor of its SOURCE object, so every operation is an
-//! `*at()` call relative to a descriptor: no path is ever rebuilt (no PATH_MAX limit, no race
-//! with renames), and a held descriptor pins the inode, so its number cannot be reused while
-//! the kernel still knows the node.
+//! Nodes are reached through `O_PATH` descriptors, so every operation is an `*at()` call
+//! relative to a descriptor: no path is ever rebuilt (no PATH_MAX limit, no race with
+//! renames elsewhere in the tree). Folders always hold theirs. Other nodes hold one while
+//! descriptors are within budget; past it the oldest are closed and reopened on demand from
+//! the folder and name they were last seen under, checked against their (dev, ino). A node
+//! whose name is gone (unlinked, renamed over) keeps its descriptor: it could not be found
+//! again. So the server needs far fewer descriptors than the kernel caches inodes.
 //!
 //! Node ids are SOURCE's inode numbers where they can be (so `st_ino` is stable across
 //! forget and lookup, as tar, git and rsync expect); the root is 1 as FUSE requires, and
 //! objects of other filesystems mounted inside SOURCE get ids from a high range, remembered
 //! for the life of the mount.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::ffi::{CString, OsStr};
+use std::io;
 use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use fuser::BackingId;
+use rustix::fs::{Mode, OFlags};
 
 /// The FUSE root's id.
 pub const ROOT: u64 = 1;
@@ -27,11 +34,27 @@ pub type Key = (u64, u64);
 
 #[derive(Debug)]
 pub struct Node {
-    /// `O_PATH | O_NOFOLLOW` descriptor of the object.
-    pub fd: OwnedFd,
+    pub key: Key,
+    place: Mutex<Place>,
     /// Passthrough state: one backing file per inode while any passthrough handle is open
     /// (the kernel refuses a second, different backing file for an inode).
-    pub backing: Mutex<Option<Backing>>,
+    pub io: Mutex<Io>,
+}
+
+/// Where a node is: its descriptor if held, and the name it was last seen under.
+#[derive(Debug)]
+struct Place {
+    fd: Option<Arc<OwnedFd>>,
+    /// Birth time, read when the descriptor is closed: an inode number alone may be reused by
+    /// the time the name is opened again.
+    born: Option<(i64, u32)>,
+    /// (parent id, name); None once the name is gone, which pins `fd`.
+    name: Option<(u64, CString)>,
+}
+
+#[derive(Debug, Default)]
+pub struct Io {
+    pub backing: Option<Backing>,
 }
 
 #[derive(Debug)]
@@ -57,52 +80,99 @@ struct Inner {
 pub struct Table {
     root_key: Key,
     inner: Mutex<Inner>,
+    /// Non-folder nodes holding a descriptor, oldest first (ids may repeat or be stale).
+    held: Mutex<VecDeque<u64>>,
+    budget: usize,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Table {
-    pub fn new(root: OwnedFd, root_key: Key) -> Table {
+    /// `budget`: how many non-folder nodes may hold a descriptor at once.
+    pub fn new(root: OwnedFd, root_key: Key, budget: usize) -> Table {
         let mut inner = Inner::default();
         let node = Arc::new(Node {
-            fd: root,
-            backing: Mutex::new(None),
+            key: root_key,
+            place: Mutex::new(Place {
+                fd: Some(Arc::new(root)),
+                born: None,
+                name: None,
+            }),
+            io: Mutex::new(Io::default()),
         });
         // The root is never forgotten: one lookup that no FORGET pays back.
         inner.nodes.insert(ROOT, Entry { node, lookups: 1 });
         Table {
             root_key,
             inner: Mutex::new(inner),
+            held: Mutex::new(VecDeque::new()),
+            budget: budget.max(16),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     pub fn get(&self, id: u64) -> Option<Arc<Node>> {
-        self.lock().nodes.get(&id).map(|e| Arc::clone(&e.node))
+        lock(&self.inner)
+            .nodes
+            .get(&id)
+            .map(|e| Arc::clone(&e.node))
     }
 
-    /// Counts one kernel lookup of the object `fd` (whose key is `key`) and returns its id.
-    /// A node already known keeps its descriptor; `fd` is then dropped.
-    pub fn remember(&self, fd: OwnedFd, key: Key) -> u64 {
-        let mut inner = self.lock();
+    /// The known node for a SOURCE object, if the kernel has it.
+    pub fn by_key(&self, key: Key) -> Option<Arc<Node>> {
+        let id = self.id_for(key);
+        self.get(id)
+    }
+
+    /// Counts one kernel lookup of the object `fd` (`key`), found as `name` in `parent`, and
+    /// returns its id. A node already known keeps its descriptor and learns the name.
+    pub fn remember(&self, fd: OwnedFd, key: Key, is_dir: bool, parent: u64, name: &OsStr) -> u64 {
+        let name = CString::new(name.as_bytes()).ok().map(|n| (parent, n));
+        let mut inner = self.lock_inner();
         let id = self.id_of(&mut inner, key);
-        match inner.nodes.get_mut(&id) {
-            Some(entry) => entry.lookups += 1,
+        let fresh = match inner.nodes.get_mut(&id) {
+            Some(entry) => {
+                entry.lookups += 1;
+                let mut place = lock(&entry.node.place);
+                if name.is_some() {
+                    place.name = name;
+                }
+                if place.fd.is_none() {
+                    place.fd = Some(Arc::new(fd));
+                    !is_dir
+                } else {
+                    false
+                }
+            }
             None => {
                 let node = Arc::new(Node {
-                    fd,
-                    backing: Mutex::new(None),
+                    key,
+                    place: Mutex::new(Place {
+                        fd: Some(Arc::new(fd)),
+                        born: None,
+                        name,
+                    }),
+                    io: Mutex::new(Io::default()),
                 });
                 inner.nodes.insert(id, Entry { node, lookups: 1 });
+                !is_dir
             }
+        };
+        drop(inner);
+        if fresh {
+            self.held(id);
         }
         id
     }
 
-    /// The kernel dropped `n` lookups of `id`; at zero the descriptor is closed.
+    fn lock_inner(&self) -> MutexGuard<'_, Inner> {
+        lock(&self.inner)
+    }
+
+    /// The kernel dropped `n` lookups of `id`; at zero the node and its descriptor go.
     pub fn forget(&self, id: u64, n: u64) {
-        let mut inner = self.lock();
+        let mut inner = self.lock_inner();
         if let Some(entry) = inner.nodes.get_mut(&id) {
             entry.lookups = entry.lookups.saturating_sub(n);
             if entry.lookups == 0 && id != ROOT {
@@ -111,9 +181,79 @@ impl Table {
         }
     }
 
+    /// The node's `O_PATH` descriptor, reopened from its folder and name if it was closed.
+    pub fn fd(&self, node: &Node) -> io::Result<Arc<OwnedFd>> {
+        let (parent, name, born) = {
+            let place = lock(&node.place);
+            if let Some(fd) = &place.fd {
+                return Ok(Arc::clone(fd));
+            }
+            match &place.name {
+                Some((parent, name)) => (*parent, name.clone(), place.born),
+                None => return Err(io::Error::from_raw_os_error(libc::ESTALE)),
+            }
+        };
+        let parent = self
+            .get(parent)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ESTALE))?;
+        let dir = self.fd(&parent)?;
+        let fd = rustix::fs::openat(
+            &*dir,
+            name.as_c_str(),
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        let st = rustix::fs::fstat(&fd)?;
+        if (st.st_dev, st.st_ino) != node.key || birth(&fd) != born {
+            return Err(io::Error::from_raw_os_error(libc::ESTALE));
+        }
+        let fd = Arc::new(fd);
+        let mut place = lock(&node.place);
+        let fd = Arc::clone(place.fd.get_or_insert(fd));
+        drop(place);
+        self.held(self.id_for(node.key));
+        Ok(fd)
+    }
+
+    /// `node`'s name (in `parent`) has moved to `to`: remember the new one.
+    pub fn renamed(&self, node: &Node, to: (u64, &OsStr)) {
+        if let Ok(name) = CString::new(to.1.as_bytes()) {
+            lock(&node.place).name = Some((to.0, name));
+        }
+    }
+
+    /// `node` is about to lose its name (unlink, rename over it): hold its descriptor from now
+    /// on, since it could not be found again.
+    pub fn pin(&self, node: &Node) -> io::Result<()> {
+        self.fd(node)?;
+        lock(&node.place).name = None;
+        Ok(())
+    }
+
+    /// A non-folder node holds a descriptor: past the budget, close the oldest ones that can
+    /// be found again by name.
+    fn held(&self, id: u64) {
+        let mut held = lock(&self.held);
+        held.push_back(id);
+        let mut tries = held.len();
+        while held.len() > self.budget && tries > 0 {
+            tries -= 1;
+            let Some(old) = held.pop_front() else { break };
+            let Some(node) = self.get(old) else { continue };
+            let mut place = lock(&node.place);
+            if place.name.is_some() {
+                if let Some(fd) = place.fd.take() {
+                    place.born = birth(&fd);
+                }
+            } else if place.fd.is_some() {
+                held.push_back(old); // pinned: keep it counted
+            }
+        }
+    }
+
     /// The id the mount shows for `key` (also its `st_ino`).
     pub fn id_for(&self, key: Key) -> u64 {
-        let mut inner = self.lock();
+        let mut inner = self.lock_inner();
         self.id_of(&mut inner, key)
     }
 
@@ -130,17 +270,32 @@ impl Table {
     }
 }
 
+/// The object's birth time, where the filesystem keeps one.
+fn birth(fd: &OwnedFd) -> Option<(i64, u32)> {
+    let stx = rustix::fs::statx(
+        fd,
+        "",
+        rustix::fs::AtFlags::EMPTY_PATH,
+        rustix::fs::StatxFlags::BTIME,
+    )
+    .ok()?;
+    (stx.stx_mask & rustix::fs::StatxFlags::BTIME.bits() != 0)
+        .then_some((stx.stx_btime.tv_sec, stx.stx_btime.tv_nsec))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn fd() -> OwnedFd {
-        rustix::fs::open("/", rustix::fs::OFlags::PATH, rustix::fs::Mode::empty()).unwrap()
+    fn open(path: &str) -> (OwnedFd, Key) {
+        let fd = rustix::fs::open(path, OFlags::PATH | OFlags::NOFOLLOW, Mode::empty()).unwrap();
+        let st = rustix::fs::fstat(&fd).unwrap();
+        (fd, (st.st_dev, st.st_ino))
     }
 
     #[test]
     fn ids_are_source_inodes_root_is_one_others_are_foreign() {
-        let t = Table::new(fd(), (5, 2));
+        let t = Table::new(open("/").0, (5, 2), 100);
         assert_eq!(t.id_for((5, 2)), ROOT);
         assert_eq!(t.id_for((5, 77)), 77);
         assert_eq!(t.id_for((5, 1)), FOREIGN_BASE);
@@ -150,14 +305,58 @@ mod tests {
 
     #[test]
     fn lookups_are_counted_and_forgotten() {
-        let t = Table::new(fd(), (5, 2));
-        assert_eq!(t.remember(fd(), (5, 9)), 9);
-        assert_eq!(t.remember(fd(), (5, 9)), 9);
-        t.forget(9, 1);
-        assert!(t.get(9).is_some());
-        t.forget(9, 1);
-        assert!(t.get(9).is_none());
+        let (root, root_key) = open("/");
+        let t = Table::new(root, root_key, 100);
+        let (fd, key) = open("/etc");
+        let id = t.remember(fd, key, true, ROOT, OsStr::new("etc"));
+        let (fd, _) = open("/etc");
+        assert_eq!(t.remember(fd, key, true, ROOT, OsStr::new("etc")), id);
+        t.forget(id, 1);
+        assert!(t.get(id).is_some());
+        t.forget(id, 1);
+        assert!(t.get(id).is_none());
         t.forget(ROOT, 10);
         assert!(t.get(ROOT).is_some());
+    }
+
+    #[test]
+    fn past_the_budget_descriptors_are_closed_and_found_again_by_name() {
+        let dir = std::env::temp_dir().join(format!("asme-node-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (root, root_key) = open(dir.to_str().unwrap());
+        let t = Table::new(root, root_key, 16);
+        let mut nodes = Vec::new();
+        for i in 0..40 {
+            let name = format!("f{i}");
+            std::fs::write(dir.join(&name), "").unwrap();
+            let (fd, key) = open(dir.join(&name).to_str().unwrap());
+            nodes.push(t.remember(fd, key, false, ROOT, OsStr::new(&name)));
+        }
+        let open_now = nodes
+            .iter()
+            .filter(|id| lock(&t.get(**id).unwrap().place).fd.is_some())
+            .count();
+        assert_eq!(open_now, 16);
+        // The first was closed; it is reopened by name and checked.
+        let first = t.get(nodes[0]).unwrap();
+        assert!(t.fd(&first).is_ok());
+        // Replaced under the same name: not the same object any more.
+        let second = t.get(nodes[1]).unwrap();
+        assert!(lock(&second.place).fd.is_none(), "closed past the budget");
+        std::fs::remove_file(dir.join("f1")).unwrap();
+        std::fs::write(dir.join("f1"), "new").unwrap();
+        assert_eq!(
+            t.fd(&second).unwrap_err().raw_os_error(),
+            Some(libc::ESTALE)
+        );
+        // A pinned node keeps its descriptor past its name.
+        let third = t.get(nodes[2]).unwrap();
+        t.pin(&third).unwrap();
+        std::fs::remove_file(dir.join("f2")).unwrap();
+        for _ in 0..3 {
+            t.held(nodes[39]);
+        }
+        assert!(t.fd(&third).is_ok());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
