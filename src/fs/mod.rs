@@ -74,6 +74,8 @@ pub struct MappedFs {
 #[derive(Debug)]
 struct DirHandle {
     fd: OwnedFd,
+    /// st_dev of the folder: entries' inode numbers become node ids with it.
+    dev: u64,
     entries: Mutex<Vec<DirEntry>>,
 }
 
@@ -151,8 +153,7 @@ impl MappedFs {
         let (_, dir) = self.node_fd(parent)?;
         let fd = open_path(&dir, name)?;
         let st = rustix::fs::fstat(&fd).map_err(errno)?;
-        self.nodes
-            .remember(fd, key(&st), is_dir(&st), parent.0, name);
+        self.nodes.remember(fd, key(&st), parent.0, name);
         Ok(self.attr(&st))
     }
 
@@ -183,8 +184,7 @@ impl MappedFs {
         } else {
             st
         };
-        self.nodes
-            .remember(path_fd, key(&st), is_dir(&st), (parent.0).0, name);
+        self.nodes.remember(path_fd, key(&st), (parent.0).0, name);
         Ok(self.attr(&st))
     }
 
@@ -225,8 +225,10 @@ impl MappedFs {
             Mode::empty(),
         )
         .map_err(errno)?;
+        let dev = rustix::fs::fstat(&fd).map_err(errno)?.st_dev;
         let handle = Arc::new(DirHandle {
             fd,
+            dev,
             entries: Mutex::new(Vec::new()),
         });
         let id = self.next_dir.fetch_add(1, Ordering::Relaxed);
@@ -243,6 +245,10 @@ impl MappedFs {
         let mut entries = lock(&dir.entries);
         if offset == 0 {
             *entries = read_dir(dir.fd.as_fd()).map_err(errno)?;
+            // The numbers stat shows (`node`): SOURCE's, but 1 for the root.
+            for e in entries.iter_mut() {
+                e.ino = self.nodes.id_for((dir.dev, e.ino));
+            }
         }
         Ok(entries.iter().skip(offset as usize).cloned().collect())
     }
@@ -261,23 +267,16 @@ impl MappedFs {
         };
         if self.passthrough.load(Ordering::Relaxed) {
             let mut io = lock(&node.io);
-            let backing = self.backing_for(&mut io.backing, fd.as_fd(), flags, |fd| {
-                reply.open_backing(fd)
-            });
+            let backing =
+                self.backing_for(&mut io.backing, fd.as_fd(), |fd| reply.open_backing(fd));
             let raw = fd.into_raw_fd() as u64;
             match backing {
-                Ok(Some(id)) => {
+                Ok(id) => {
                     reply.opened_passthrough(
                         FileHandle(raw | PASSTHROUGH_FH),
                         FopenFlags::empty(),
                         id,
                     );
-                    return;
-                }
-                Ok(None) => {
-                    // A backing file that cannot serve this access mode: no cache for this
-                    // handle, so it does not conflict with the passthrough ones.
-                    reply.opened(FileHandle(raw), FopenFlags::FOPEN_DIRECT_IO);
                     return;
                 }
                 Err(e) => {
@@ -291,32 +290,21 @@ impl MappedFs {
     }
 
     /// The inode's backing id: the first passthrough handle's own file, registered with the
-    /// kernel (which keeps its own reference). None when it cannot serve `flags` (a writer
-    /// after a read-only first open).
+    /// kernel. The kernel opens its own backing file per FUSE file, with that file's flags and
+    /// the server's credentials, so one registration serves every access mode.
     fn backing_for<'a>(
         &self,
         slot: &'a mut Option<Backing>,
         handle: BorrowedFd<'_>,
-        flags: OFlags,
         register: impl FnOnce(BorrowedFd<'_>) -> std::io::Result<fuser::BackingId>,
-    ) -> Result<Option<&'a fuser::BackingId>> {
-        let wants_write = flags.contains(OFlags::WRONLY) || flags.contains(OFlags::RDWR);
+    ) -> Result<&'a fuser::BackingId> {
         if slot.is_none() {
             let id = register(handle).map_err(Errno::from)?;
-            *slot = Some(Backing {
-                id,
-                opens: 0,
-                // O_WRONLY files cannot be read through: not a backing for readers.
-                writable: flags.contains(OFlags::RDWR),
-            });
+            *slot = Some(Backing { id, opens: 0 });
         }
         let backing = slot.as_mut().expect("set above");
-        let readable = !flags.contains(OFlags::WRONLY) || backing.writable;
-        if (wants_write && !backing.writable) || !readable {
-            return Ok(None);
-        }
         backing.opens += 1;
-        Ok(Some(&backing.id))
+        Ok(&backing.id)
     }
 
     fn release_backing(&self, ino: INodeNo) {
@@ -563,6 +551,7 @@ impl Filesystem for MappedFs {
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let result = self.node_fd(parent).and_then(|(_, dir)| {
+            self.pin_named(&dir, name);
             rustix::fs::unlinkat(&*dir, name, AtFlags::REMOVEDIR).map_err(errno)
         });
         reply_empty(reply, result);
@@ -775,13 +764,14 @@ impl Filesystem for MappedFs {
             let next = offset + i as u64 + 1;
             let name = OsStr::from_bytes(e.name.as_bytes());
             if name == "." || name == ".." {
-                // The kernel takes no reference for these: node id 0 says "no entry".
+                // The kernel links no entry (and takes no reference) for these names; the
+                // number is what readdir(3) shows, and glibc drops entries numbered 0.
                 let attr = FileAttr {
-                    ino: INodeNo(0),
+                    ino: INodeNo(e.ino),
                     ..placeholder_attr(e.kind)
                 };
                 if reply.add(
-                    INodeNo(0),
+                    INodeNo(e.ino),
                     next,
                     name,
                     &Duration::ZERO,
@@ -794,7 +784,11 @@ impl Filesystem for MappedFs {
             }
             let attr = match self.lookup_entry(ino, name) {
                 Ok(attr) => attr,
-                Err(_) => continue, // gone since the folder was read
+                Err(Errno::ENOENT) => continue, // gone since the folder was read
+                // Any other failure must not shorten the listing silently: what was added
+                // goes now, and the kernel asks again from here (or gets the error).
+                Err(e) if i == 0 => return reply.error(e),
+                Err(_) => break,
             };
             if reply.add(attr.ino, next, name, &ttl, &attr, Generation(0)) {
                 // Not sent: the reference just counted is not the kernel's.
@@ -956,12 +950,11 @@ impl Filesystem for MappedFs {
             && let Some(node) = self.nodes.get(attr.ino.0)
         {
             let mut io = lock(&node.io);
-            let backing = self.backing_for(&mut io.backing, fd.as_fd(), open, |fd| {
-                reply.open_backing(fd)
-            });
+            let backing =
+                self.backing_for(&mut io.backing, fd.as_fd(), |fd| reply.open_backing(fd));
             let raw = fd.into_raw_fd() as u64;
             match backing {
-                Ok(Some(id)) => {
+                Ok(id) => {
                     reply.created_passthrough(
                         &ttl,
                         &attr,
@@ -969,16 +962,6 @@ impl Filesystem for MappedFs {
                         FileHandle(raw | PASSTHROUGH_FH),
                         FopenFlags::empty(),
                         id,
-                    );
-                    return;
-                }
-                Ok(None) => {
-                    reply.created(
-                        &ttl,
-                        &attr,
-                        Generation(0),
-                        FileHandle(raw),
-                        FopenFlags::FOPEN_DIRECT_IO,
                     );
                     return;
                 }
@@ -1069,10 +1052,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn is_dir(st: &Stat) -> bool {
-    st.st_mode & libc::S_IFMT == libc::S_IFDIR
-}
-
 /// How many files may hold an `O_PATH` descriptor at once: half the open-file limit (the other
 /// half is for folders, open handles and the kernel's own), see `node`.
 fn descriptor_budget() -> usize {
@@ -1149,7 +1128,9 @@ fn chmod_fd(fd: BorrowedFd<'_>, mode: u32) -> rustix::io::Result<()> {
 
 /// Flags for opening SOURCE's file as the caller asked; creation is the server's business.
 fn open_flags(flags: i32) -> OFlags {
-    let strip = libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_NOFOLLOW;
+    // O_DIRECT: the server's buffers are not aligned for it, and passthrough opens its own
+    // backing file with the caller's flags anyway.
+    let strip = libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_NOFOLLOW | libc::O_DIRECT;
     OFlags::from_bits_retain((flags & !strip) as u32) | OFlags::CLOEXEC
 }
 
@@ -1191,16 +1172,13 @@ fn timespec(t: Option<TimeOrNow>) -> Timespec {
                 tv_sec: d.as_secs() as i64,
                 tv_nsec: d.subsec_nanos() as _,
             },
+            // fuser 0.18 turns the kernel's (-2 s, +0.75 s) into epoch - 2.75 s (its
+            // `system_time_from_time` subtracts the nanoseconds): undo exactly that.
             Err(before) => {
                 let d = before.duration();
-                let (mut secs, mut nanos) = (-(d.as_secs() as i64), -(d.subsec_nanos() as i64));
-                if nanos < 0 {
-                    secs -= 1;
-                    nanos += 1_000_000_000;
-                }
                 Timespec {
-                    tv_sec: secs,
-                    tv_nsec: nanos as _,
+                    tv_sec: -(d.as_secs() as i64),
+                    tv_nsec: d.subsec_nanos() as _,
                 }
             }
         },
@@ -1293,9 +1271,14 @@ mod tests {
 
     #[test]
     fn times_before_the_epoch_survive() {
-        let t = UNIX_EPOCH - Duration::from_millis(1500);
-        let ts = timespec(Some(TimeOrNow::SpecificTime(t)));
-        assert_eq!((ts.tv_sec, ts.tv_nsec), (-2, 500_000_000));
-        assert_eq!(time(-2, 500_000_000), t);
+        // -1.25 s is the kernel's (-2, 750_000_000); fuser hands it over as epoch - 2.75 s.
+        let from_fuser = UNIX_EPOCH - Duration::from_millis(2750);
+        let ts = timespec(Some(TimeOrNow::SpecificTime(from_fuser)));
+        assert_eq!((ts.tv_sec, ts.tv_nsec), (-2, 750_000_000));
+        // Replies carry a true SystemTime, which fuser converts correctly.
+        assert_eq!(
+            time(-2, 750_000_000),
+            UNIX_EPOCH - Duration::from_millis(1250)
+        );
     }
 }

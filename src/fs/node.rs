@@ -2,11 +2,12 @@
 //!
 //! Nodes are reached through `O_PATH` descriptors, so every operation is an `*at()` call
 //! relative to a descriptor: no path is ever rebuilt (no PATH_MAX limit, no race with
-//! renames elsewhere in the tree). Folders always hold theirs. Other nodes hold one while
-//! descriptors are within budget; past it the oldest are closed and reopened on demand from
-//! the folder and name they were last seen under, checked against their (dev, ino). A node
-//! whose name is gone (unlinked, renamed over) keeps its descriptor: it could not be found
-//! again. So the server needs far fewer descriptors than the kernel caches inodes.
+//! renames elsewhere in the tree). Nodes hold one while descriptors are within budget; past
+//! it the oldest are closed and reopened on demand from the folder and name they were last
+//! seen under (the folder itself reopened the same way if need be), checked against their
+//! inode number and birth time. The root, and a node whose name is gone (unlinked, renamed
+//! over), keep theirs: they could not be found again. So the server needs far fewer
+//! descriptors than the kernel caches inodes.
 //!
 //! Node ids are SOURCE's inode numbers where they can be (so `st_ino` is stable across
 //! forget and lookup, as tar, git and rsync expect); the root is 1 as FUSE requires, and
@@ -61,7 +62,6 @@ pub struct Io {
 pub struct Backing {
     pub id: BackingId,
     pub opens: u32,
-    pub writable: bool,
 }
 
 #[derive(Debug)]
@@ -80,7 +80,7 @@ struct Inner {
 pub struct Table {
     root_key: Key,
     inner: Mutex<Inner>,
-    /// Non-folder nodes holding a descriptor, oldest first (ids may repeat or be stale).
+    /// Nodes holding a descriptor, oldest first (ids may repeat or be stale).
     held: Mutex<VecDeque<u64>>,
     budget: usize,
 }
@@ -90,7 +90,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Table {
-    /// `budget`: how many non-folder nodes may hold a descriptor at once.
+    /// `budget`: how many nodes may hold a descriptor at once.
     pub fn new(root: OwnedFd, root_key: Key, budget: usize) -> Table {
         let mut inner = Inner::default();
         let node = Arc::new(Node {
@@ -127,7 +127,7 @@ impl Table {
 
     /// Counts one kernel lookup of the object `fd` (`key`), found as `name` in `parent`, and
     /// returns its id. A node already known keeps its descriptor and learns the name.
-    pub fn remember(&self, fd: OwnedFd, key: Key, is_dir: bool, parent: u64, name: &OsStr) -> u64 {
+    pub fn remember(&self, fd: OwnedFd, key: Key, parent: u64, name: &OsStr) -> u64 {
         let name = CString::new(name.as_bytes()).ok().map(|n| (parent, n));
         let mut inner = self.lock_inner();
         let id = self.id_of(&mut inner, key);
@@ -140,7 +140,7 @@ impl Table {
                 }
                 if place.fd.is_none() {
                     place.fd = Some(Arc::new(fd));
-                    !is_dir
+                    true
                 } else {
                     false
                 }
@@ -156,7 +156,7 @@ impl Table {
                     io: Mutex::new(Io::default()),
                 });
                 inner.nodes.insert(id, Entry { node, lookups: 1 });
-                !is_dir
+                true
             }
         };
         drop(inner);
@@ -230,8 +230,8 @@ impl Table {
         Ok(())
     }
 
-    /// A non-folder node holds a descriptor: past the budget, close the oldest ones that can
-    /// be found again by name.
+    /// A node holds a descriptor: past the budget, close the oldest ones that can be found
+    /// again by name.
     fn held(&self, id: u64) {
         let mut held = lock(&self.held);
         held.push_back(id);
@@ -308,9 +308,9 @@ mod tests {
         let (root, root_key) = open("/");
         let t = Table::new(root, root_key, 100);
         let (fd, key) = open("/etc");
-        let id = t.remember(fd, key, true, ROOT, OsStr::new("etc"));
+        let id = t.remember(fd, key, ROOT, OsStr::new("etc"));
         let (fd, _) = open("/etc");
-        assert_eq!(t.remember(fd, key, true, ROOT, OsStr::new("etc")), id);
+        assert_eq!(t.remember(fd, key, ROOT, OsStr::new("etc")), id);
         t.forget(id, 1);
         assert!(t.get(id).is_some());
         t.forget(id, 1);
@@ -330,7 +330,7 @@ mod tests {
             let name = format!("f{i}");
             std::fs::write(dir.join(&name), "").unwrap();
             let (fd, key) = open(dir.join(&name).to_str().unwrap());
-            nodes.push(t.remember(fd, key, false, ROOT, OsStr::new(&name)));
+            nodes.push(t.remember(fd, key, ROOT, OsStr::new(&name)));
         }
         let open_now = nodes
             .iter()
