@@ -444,8 +444,16 @@ impl Filesystem for MappedFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let result = self.lookup_entry(parent, name);
-        self.reply_entry(reply, result);
+        match self.lookup_entry(parent, name) {
+            // A negative entry (node id 0) the kernel may keep for the timeout: compilers,
+            // interpreters and shells look up the same missing names again and again.
+            // Creating the name through the mount replaces it at once.
+            Err(Errno::ENOENT) => {
+                let none = placeholder_attr(FileType::RegularFile);
+                reply.entry(&self.settings.ttl, &none, Generation(0));
+            }
+            result => self.reply_entry(reply, result),
+        }
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
