@@ -721,3 +721,42 @@ fn fuse_strategy_serves_a_detached_container_until_it_stops() {
     ok(docker(&["rm", "-f", &name.0]));
     assert!(exits(servers[0]), "the server outlived its container");
 }
+
+#[test]
+fn a_non_owners_write_clears_set_id_bits_as_on_any_filesystem() {
+    let u = user1234();
+    let f = Fixture::new(u, "fuse-setid");
+    f.mount_as_root(&[]);
+    for (mode, flag) in [
+        (0o4777, "O_WRONLY"),
+        (0o2777, "O_RDWR"),
+        (0o6777, "O_WRONLY"),
+    ] {
+        let file = f.mnt().join("setid");
+        fs::write(&file, "").unwrap();
+        fs::set_permissions(&file, fs::Permissions::from_mode(mode)).unwrap();
+        // As pjdfstest's chmod/12.t: nobody (65534) opens, writes, and fstats that descriptor.
+        let script = format!(
+            "import os; fd = os.open({:?}, os.{flag}); os.write(fd, b'x'); \
+             print(oct(os.fstat(fd).st_mode & 0o7777))",
+            file.display().to_string()
+        );
+        let out = ok(Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .args(["/usr/bin/python3", "-c", &script]));
+        assert_eq!(
+            out.trim(),
+            "0o777",
+            "fstat after a write by nobody, mode {mode:o}"
+        );
+        // Both SOURCE and the mount's view at once (not after the attribute timeout).
+        let stored = fs::metadata(f.src().join("setid")).unwrap().mode() & 0o7777;
+        let shown = fs::metadata(&file).unwrap().mode() & 0o7777;
+        assert_eq!(
+            (stored, shown),
+            (0o777, 0o777),
+            "mode {mode:o} after a write by nobody ({flag})"
+        );
+        fs::remove_file(&file).unwrap();
+    }
+}

@@ -58,6 +58,9 @@ struct AttrChange {
 /// Bit set in a file handle whose data goes through the kernel's passthrough.
 const PASSTHROUGH_FH: u64 = 1 << 32;
 
+/// Bit set in a file handle served through the page cache while passthrough is on.
+const CACHED_FH: u64 = 1 << 33;
+
 /// The filesystem served over FUSE.
 #[derive(Debug)]
 pub struct MappedFs {
@@ -265,8 +268,8 @@ impl MappedFs {
             Ok(fd) => fd,
             Err(e) => return reply.error(e),
         };
-        if self.passthrough.load(Ordering::Relaxed) {
-            let mut io = lock(&node.io);
+        let mut io = lock(&node.io);
+        if self.passthrough_for(&io, fd.as_fd(), flags) {
             let backing =
                 self.backing_for(&mut io.backing, fd.as_fd(), |fd| reply.open_backing(fd));
             let raw = fd.into_raw_fd() as u64;
@@ -285,8 +288,37 @@ impl MappedFs {
                 }
             }
         }
-        let raw = fd.into_raw_fd() as u64;
+        let raw = fd.into_raw_fd() as u64 | self.cached(&mut io);
         reply.opened(FileHandle(raw), FopenFlags::FOPEN_KEEP_CACHE);
+    }
+
+    /// Whether a new handle of an inode (opened as `fd` with `flags`) bypasses the server.
+    /// Not a write to a set-id file: such a write clears the set-id bits on SOURCE, which the
+    /// kernel's cached attributes would not show after a passthrough write; through the
+    /// server, the kernel clears them itself. Never a mix of both kinds on one inode.
+    fn passthrough_for(&self, io: &node::Io, fd: BorrowedFd<'_>, flags: OFlags) -> bool {
+        if !self.passthrough.load(Ordering::Relaxed) {
+            return false;
+        }
+        if io.backing.is_some() {
+            return true;
+        }
+        let writes = flags.intersects(OFlags::WRONLY | OFlags::RDWR);
+        let set_id = rustix::fs::fstat(fd).is_ok_and(|st| {
+            st.st_mode & libc::S_ISUID != 0
+                || st.st_mode & (libc::S_ISGID | libc::S_IXGRP) == libc::S_ISGID | libc::S_IXGRP
+        });
+        io.cached_opens == 0 && !(writes && set_id)
+    }
+
+    /// Counts a cached handle while passthrough is on; the flag marks it for release.
+    fn cached(&self, io: &mut node::Io) -> u64 {
+        if self.passthrough.load(Ordering::Relaxed) {
+            io.cached_opens += 1;
+            CACHED_FH
+        } else {
+            0
+        }
     }
 
     /// The inode's backing id: the first passthrough handle's own file, registered with the
@@ -299,7 +331,9 @@ impl MappedFs {
         register: impl FnOnce(BorrowedFd<'_>) -> std::io::Result<fuser::BackingId>,
     ) -> Result<&'a fuser::BackingId> {
         if slot.is_none() {
-            let id = register(handle).map_err(Errno::from)?;
+            // The kernel keeps the registering thread's credentials for the backing file's
+            // I/O: without CAP_FSETID, a write clears set-id bits as on SOURCE itself.
+            let id = crate::sys::without_fsetid(|| register(handle)).map_err(Errno::from)?;
             *slot = Some(Backing { id, opens: 0 });
         }
         let backing = slot.as_mut().expect("set above");
@@ -701,6 +735,12 @@ impl Filesystem for MappedFs {
         if fh.0 & PASSTHROUGH_FH != 0 {
             self.release_backing(ino);
         }
+        if fh.0 & CACHED_FH != 0
+            && let Ok(node) = self.node(ino)
+        {
+            let mut io = lock(&node.io);
+            io.cached_opens = io.cached_opens.saturating_sub(1);
+        }
         close_raw(fh.0);
         reply.ok();
     }
@@ -954,10 +994,11 @@ impl Filesystem for MappedFs {
             Err(e) => return reply.error(e),
         };
         let ttl = self.settings.ttl;
-        if self.passthrough.load(Ordering::Relaxed)
-            && let Some(node) = self.nodes.get(attr.ino.0)
+        let node = self.nodes.get(attr.ino.0);
+        let mut io = node.as_ref().map(|n| lock(&n.io));
+        if let Some(io) = io.as_deref_mut()
+            && self.passthrough_for(io, fd.as_fd(), open)
         {
-            let mut io = lock(&node.io);
             let backing =
                 self.backing_for(&mut io.backing, fd.as_fd(), |fd| reply.open_backing(fd));
             let raw = fd.into_raw_fd() as u64;
@@ -980,7 +1021,8 @@ impl Filesystem for MappedFs {
                 }
             }
         }
-        let raw = fd.into_raw_fd() as u64;
+        let cached = io.as_deref_mut().map_or(0, |io| self.cached(io));
+        let raw = fd.into_raw_fd() as u64 | cached;
         reply.created(
             &ttl,
             &attr,
@@ -1082,14 +1124,14 @@ fn reply_empty(reply: ReplyEmpty, result: Result<()>) {
 
 /// A file handle is the descriptor number the server opened (plus a flag bit).
 fn borrow_fh(fh: FileHandle) -> BorrowedFd<'static> {
-    let raw = (fh.0 & !PASSTHROUGH_FH) as RawFd;
+    let raw = (fh.0 & !(PASSTHROUGH_FH | CACHED_FH)) as RawFd;
     // SAFETY: the kernel only sends handles this server returned from open/create, and each
     // stays open until its release, which is the last request that names it.
     unsafe { BorrowedFd::borrow_raw(raw) }
 }
 
 fn close_raw(fh: u64) {
-    let raw = (fh & !PASSTHROUGH_FH) as RawFd;
+    let raw = (fh & !(PASSTHROUGH_FH | CACHED_FH)) as RawFd;
     // SAFETY: called once per handle, at release (or when an open is abandoned): the
     // descriptor is ours and nothing uses it after this.
     drop(unsafe { OwnedFd::from_raw_fd(raw) });

@@ -38,7 +38,8 @@ pub struct Node {
     pub key: Key,
     place: Mutex<Place>,
     /// Passthrough state: one backing file per inode while any passthrough handle is open
-    /// (the kernel refuses a second, different backing file for an inode).
+    /// (the kernel refuses a second, different backing file for an inode), or the count of
+    /// cached handles.
     pub io: Mutex<Io>,
 }
 
@@ -56,6 +57,9 @@ struct Place {
 #[derive(Debug, Default)]
 pub struct Io {
     pub backing: Option<Backing>,
+    /// Handles served through the page cache while passthrough is on (see
+    /// `MappedFs::passthrough_for`): the kernel refuses to mix the two on one inode.
+    pub cached_opens: u32,
 }
 
 #[derive(Debug)]
