@@ -269,7 +269,7 @@ impl MappedFs {
             Err(e) => return reply.error(e),
         };
         let mut io = lock(&node.io);
-        if self.passthrough_for(&io, fd.as_fd(), flags) {
+        if self.passthrough_for(&io, fd.as_fd()) {
             let backing =
                 self.backing_for(&mut io.backing, fd.as_fd(), |fd| reply.open_backing(fd));
             let raw = fd.into_raw_fd() as u64;
@@ -292,23 +292,23 @@ impl MappedFs {
         reply.opened(FileHandle(raw), FopenFlags::FOPEN_KEEP_CACHE);
     }
 
-    /// Whether a new handle of an inode (opened as `fd` with `flags`) bypasses the server.
-    /// Not a write to a set-id file: such a write clears the set-id bits on SOURCE, which the
-    /// kernel's cached attributes would not show after a passthrough write; through the
-    /// server, the kernel clears them itself. Never a mix of both kinds on one inode.
-    fn passthrough_for(&self, io: &node::Io, fd: BorrowedFd<'_>, flags: OFlags) -> bool {
+    /// Whether a new handle of an inode (opened as `fd`) bypasses the server. Not for a
+    /// set-id file: the kernel's backing file writes with the server's credentials, so a
+    /// non-owner's write would keep the set-id bits it must clear; through the server the
+    /// kernel clears them, as it decides for the caller. Never a mix of both kinds on one
+    /// inode (the kernel refuses it).
+    fn passthrough_for(&self, io: &node::Io, fd: BorrowedFd<'_>) -> bool {
         if !self.passthrough.load(Ordering::Relaxed) {
             return false;
         }
         if io.backing.is_some() {
             return true;
         }
-        let writes = flags.intersects(OFlags::WRONLY | OFlags::RDWR);
         let set_id = rustix::fs::fstat(fd).is_ok_and(|st| {
             st.st_mode & libc::S_ISUID != 0
                 || st.st_mode & (libc::S_ISGID | libc::S_IXGRP) == libc::S_ISGID | libc::S_IXGRP
         });
-        io.cached_opens == 0 && !(writes && set_id)
+        io.cached_opens == 0 && !set_id
     }
 
     /// Counts a cached handle while passthrough is on; the flag marks it for release.
@@ -331,9 +331,7 @@ impl MappedFs {
         register: impl FnOnce(BorrowedFd<'_>) -> std::io::Result<fuser::BackingId>,
     ) -> Result<&'a fuser::BackingId> {
         if slot.is_none() {
-            // The kernel keeps the registering thread's credentials for the backing file's
-            // I/O: without CAP_FSETID, a write clears set-id bits as on SOURCE itself.
-            let id = crate::sys::without_fsetid(|| register(handle)).map_err(Errno::from)?;
+            let id = register(handle).map_err(Errno::from)?;
             *slot = Some(Backing { id, opens: 0 });
         }
         let backing = slot.as_mut().expect("set above");
@@ -997,7 +995,7 @@ impl Filesystem for MappedFs {
         let node = self.nodes.get(attr.ino.0);
         let mut io = node.as_ref().map(|n| lock(&n.io));
         if let Some(io) = io.as_deref_mut()
-            && self.passthrough_for(io, fd.as_fd(), open)
+            && self.passthrough_for(io, fd.as_fd())
         {
             let backing =
                 self.backing_for(&mut io.backing, fd.as_fd(), |fd| reply.open_backing(fd));

@@ -224,19 +224,3 @@ fn wait_signal_info(set: &SigSet) -> io::Result<(Signal, bool)> {
         return Ok((signal, code <= 0));
     }
 }
-
-/// Runs `f` with CAP_FSETID out of this thread's effective set (capabilities are per thread;
-/// the permitted set keeps it, so it is restored afterwards). What `f` registers with the
-/// kernel then carries credentials whose writes clear set-id bits, as an ordinary writer's do.
-pub fn without_fsetid<T>(f: impl FnOnce() -> T) -> T {
-    use rustix::thread::{CapabilitySet, capabilities, set_capabilities};
-    let saved = capabilities(None).ok();
-    if let Some(mut caps) = saved.filter(|c| c.effective.contains(CapabilitySet::FSETID)) {
-        caps.effective.remove(CapabilitySet::FSETID);
-        let _ = set_capabilities(None, caps);
-        let result = f();
-        let _ = set_capabilities(None, saved.expect("read above"));
-        return result;
-    }
-    f()
-}
