@@ -100,6 +100,16 @@ pub struct Outcome {
 }
 
 impl Strategies {
+    /// Each outcome under its row name in the table.
+    fn rows(&self) -> [(&'static str, &Outcome); 4] {
+        [
+            ("strategy idmap", &self.idmap),
+            ("strategy fuse", &self.fuse),
+            ("strategy user", &self.user),
+            ("strategy fix", &self.fix),
+        ]
+    }
+
     fn failed(detail: &str) -> Strategies {
         Strategies {
             idmap: Outcome::failed(detail),
@@ -490,27 +500,14 @@ fn table(report: &Report) -> String {
                 _ => String::new(),
             },
         ),
-        (
-            "strategy idmap",
-            pass(report.strategies.idmap.ok),
-            report.strategies.idmap.detail.clone(),
-        ),
-        (
-            "strategy fuse",
-            pass(report.strategies.fuse.ok),
-            report.strategies.fuse.detail.clone(),
-        ),
-        (
-            "strategy user",
-            pass(report.strategies.user.ok),
-            report.strategies.user.detail.clone(),
-        ),
-        (
-            "strategy fix",
-            pass(report.strategies.fix.ok),
-            report.strategies.fix.detail.clone(),
-        ),
     ];
+    let strategies = report.strategies.rows();
+    let rows = rows.into_iter().chain(
+        strategies
+            .into_iter()
+            .map(|(name, o)| (name, pass(o.ok), o.detail.clone())),
+    );
+    let rows: Vec<_> = rows.collect();
     let name_width = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
     let result_width = rows.iter().map(|r| r.1.len()).max().unwrap_or(0);
     let mut out = String::new();

@@ -59,6 +59,17 @@ impl Fixture {
         ok(cmd);
         assert!(is_mounted(&self.mnt()));
     }
+    /// Plain `docker run --rm -v MOUNTPOINT:/w IMAGE ARGS` (as root), its stdout.
+    fn docker_run(&self, image_name: &str, args: &[&str]) -> String {
+        let name = ContainerName::new("fuse");
+        let volume = format!("{}:/w", self.mnt().display());
+        let mut all = vec!["run", "--rm", "--name", &name.0, "-v", &volume];
+        let image = image(image_name);
+        all.push(&image);
+        all.extend_from_slice(args);
+        ok(docker(&all))
+    }
+
     fn mount_as(&self, user: &User, args: &[&str]) {
         let (src, mnt) = (self.src(), self.mnt());
         let mut full = vec!["mount"];
@@ -419,20 +430,15 @@ fn root_containers_write_as_the_user_through_a_user_mount() {
         std::os::unix::fs::chown(f.src().join("stranger"), Some(999), Some(999)).unwrap();
         f.mount_as(u, &[]);
         assert!(mountinfo().contains(&format!("user_id={}", u.uid)));
-        let name = ContainerName::new("fuse-user");
-        let out = ok(docker(&[
-            "run",
-            "--rm",
-            "--name",
-            &name.0,
-            "-v",
-            &format!("{}:/w", f.mnt().display()),
-            &image("busybox"),
-            "sh",
-            "-c",
-            "echo x > /w/f && mkdir -p /w/d/e && ln -s f /w/l && ln /w/f /w/h && \
-             stat -c '%u:%g %h' /w/f /w/stranger; chown 5 /w/f 2>&1; echo chown=$?",
-        ]));
+        let out = f.docker_run(
+            "busybox",
+            &[
+                "sh",
+                "-c",
+                "echo x > /w/f && mkdir -p /w/d/e && ln -s f /w/l && ln /w/f /w/h && \
+                 stat -c '%u:%g %h' /w/f /w/stranger; chown 5 /w/f 2>&1; echo chown=$?",
+            ],
+        );
         assert!(out.contains("0:0 2\n999:999 1\n"), "{out}");
         assert!(
             out.contains("Operation not permitted") && out.contains("chown=1"),
@@ -630,19 +636,7 @@ assert os.statvfs('.').f_bsize > 0 and sorted(os.listdir('.')) == ['copy', 'd', 
 os.unlink('p'); os.unlink('d/s'); os.rmdir('d')
 print('all operations ok')
 "#;
-    let name = ContainerName::new("fuse-ops");
-    let out = ok(docker(&[
-        "run",
-        "--rm",
-        "--name",
-        &name.0,
-        "-v",
-        &format!("{}:/w", f.mnt().display()),
-        &image("debian"),
-        "python3",
-        "-c",
-        script,
-    ]));
+    let out = f.docker_run("debian", &["python3", "-c", script]);
     assert_eq!(out.trim(), "all operations ok");
     assert_all_owned(&f.src(), u, 3);
 }
@@ -725,8 +719,15 @@ fn fuse_strategy_serves_a_detached_container_until_it_stops() {
 #[test]
 fn a_non_owners_write_clears_set_id_bits_as_on_any_filesystem() {
     let u = user1234();
-    let f = Fixture::new(u, "fuse-setid");
-    f.mount_as_root(&[]);
+    // Passthrough (root's default) and through the server (as ordinary users' mounts are).
+    for options in [&[][..], &["-o", "nopassthrough"][..]] {
+        let f = Fixture::new(u, "fuse-setid");
+        f.mount_as_root(options);
+        writes_by_nobody_clear_set_id_bits(&f);
+    }
+}
+
+fn writes_by_nobody_clear_set_id_bits(f: &Fixture) {
     for (mode, flag) in [
         (0o4777, "O_WRONLY"),
         (0o2777, "O_RDWR"),

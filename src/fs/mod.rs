@@ -15,15 +15,15 @@ use std::ffi::{CString, OsStr};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    AccessFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
-    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek,
-    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
+    INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use rustix::fs::{AtFlags, Mode, OFlags, Stat, Timespec, Timestamps};
 use rustix::io::Errno as SysErrno;
@@ -41,7 +41,6 @@ pub struct Settings {
     pub ttl: Duration,
     /// Use FUSE passthrough for file data when the kernel offers it (needs root).
     pub passthrough: bool,
-    pub read_only: bool,
 }
 
 /// What a SETATTR asks for (ids as the mount shows them).
@@ -58,8 +57,17 @@ struct AttrChange {
 /// Bit set in a file handle whose data goes through the kernel's passthrough.
 const PASSTHROUGH_FH: u64 = 1 << 32;
 
-/// Bit set in a file handle served through the page cache while passthrough is on.
-const CACHED_FH: u64 = 1 << 33;
+/// A new file handle, and the inode's passthrough state (locked until the reply is sent).
+struct Served<'n> {
+    fh: FileHandle,
+    io: std::sync::MutexGuard<'n, node::Io>,
+}
+
+impl Served<'_> {
+    fn backing(&self) -> Option<&fuser::BackingId> {
+        self.io.backing.as_ref().map(|b| &b.id)
+    }
+}
 
 /// The filesystem served over FUSE.
 #[derive(Debug)]
@@ -70,7 +78,8 @@ pub struct MappedFs {
     next_dir: AtomicU64,
     /// Root may give created files to their creator and open backing files.
     as_root: bool,
-    passthrough: AtomicBool,
+    /// Set once, at FUSE init, when the kernel accepted passthrough.
+    passthrough: bool,
 }
 
 /// An open directory: its descriptor and the entries read at opendir or rewind.
@@ -105,7 +114,7 @@ impl MappedFs {
             dirs: Mutex::new(HashMap::new()),
             next_dir: AtomicU64::new(1),
             as_root: rustix::process::geteuid().is_root(),
-            passthrough: AtomicBool::new(false),
+            passthrough: false,
         })
     }
 
@@ -167,23 +176,24 @@ impl MappedFs {
         }
     }
 
-    /// A new object in `parent`, just made by this server and opened as `fd`: give it to its
-    /// creator (mapped to SOURCE's ids) and count the kernel's reference, keeping `path_fd`
-    /// (an `O_PATH` descriptor of the same object) as the node.
+    /// A new object `name` in `parent`, just made by this server: give it to its creator
+    /// (mapped to SOURCE's ids) and count the kernel's reference, with `path_fd` (its `O_PATH`
+    /// descriptor, opened by name) as the node. `made` is the key of what this server created,
+    /// when it holds another descriptor of it: the name must still be that object.
     fn adopt(
         &self,
         req: &Request,
         parent: (INodeNo, &OwnedFd),
         name: &OsStr,
-        fd: BorrowedFd<'_>,
         path_fd: OwnedFd,
+        made: Option<Key>,
     ) -> Result<FileAttr> {
-        let st = rustix::fs::fstat(fd).map_err(errno)?;
-        if key(&rustix::fs::fstat(&path_fd).map_err(errno)?) != key(&st) {
+        let st = rustix::fs::fstat(&path_fd).map_err(errno)?;
+        if made.is_some_and(|made| made != key(&st)) {
             return Err(Errno::ESTALE); // replaced on SOURCE in between
         }
         let st = if self.as_root {
-            self.give_to_creator(req, parent.1, fd, &st)?
+            self.give_to_creator(req, parent.1, path_fd.as_fd(), &st)?
         } else {
             st
         };
@@ -243,8 +253,13 @@ impl MappedFs {
         lock(&self.dirs).get(&fh.0).cloned().ok_or(Errno::EBADF)
     }
 
-    /// The entries from `offset` on; offset 0 (opendir, rewinddir) reads the folder afresh.
-    fn entries(&self, dir: &DirHandle, offset: u64) -> Result<Vec<DirEntry>> {
+    /// The folder's entries (index + 1 is each one's offset); offset 0 (opendir, rewinddir)
+    /// reads the folder afresh.
+    fn entries<'d>(
+        &self,
+        dir: &'d DirHandle,
+        offset: u64,
+    ) -> Result<std::sync::MutexGuard<'d, Vec<DirEntry>>> {
         let mut entries = lock(&dir.entries);
         if offset == 0 {
             *entries = read_dir(dir.fd.as_fd()).map_err(errno)?;
@@ -253,7 +268,7 @@ impl MappedFs {
                 e.ino = self.nodes.id_for((dir.dev, e.ino));
             }
         }
-        Ok(entries.iter().skip(offset as usize).cloned().collect())
+        Ok(entries)
     }
 
     /// A data descriptor for `node`, opened through its `O_PATH` descriptor.
@@ -263,80 +278,42 @@ impl MappedFs {
     }
 
     fn open_file(&self, node: &Node, flags: i32, reply: ReplyOpen) {
-        let flags = open_flags(flags);
-        let fd = match self.reopen(node, flags) {
-            Ok(fd) => fd,
-            Err(e) => return reply.error(e),
-        };
+        let served = self
+            .reopen(node, open_flags(flags))
+            .and_then(|fd| self.serve(node, fd, |fd| reply.open_backing(fd)));
+        match served {
+            Ok(s) => match s.backing() {
+                Some(id) => reply.opened_passthrough(s.fh, FopenFlags::empty(), id),
+                None => reply.opened(s.fh, FopenFlags::FOPEN_KEEP_CACHE),
+            },
+            Err(e) => reply.error(e),
+        }
+    }
+
+    /// Makes `fd` (a file of `node`, opened for the caller) a handle. With passthrough on,
+    /// reads and writes bypass the server: the inode's backing id is registered from its
+    /// first handle and shared by the others. The kernel opens its own backing file per FUSE
+    /// file, with that file's flags, so one registration serves every access mode; and it
+    /// clears set-id bits for the caller as on any write.
+    fn serve<'n>(
+        &self,
+        node: &'n Node,
+        fd: OwnedFd,
+        register: impl FnOnce(BorrowedFd<'_>) -> std::io::Result<fuser::BackingId>,
+    ) -> Result<Served<'n>> {
         let mut io = lock(&node.io);
-        if self.passthrough_for(&io, fd.as_fd()) {
-            let backing =
-                self.backing_for(&mut io.backing, fd.as_fd(), |fd| reply.open_backing(fd));
-            let raw = fd.into_raw_fd() as u64;
-            match backing {
-                Ok(id) => {
-                    reply.opened_passthrough(
-                        FileHandle(raw | PASSTHROUGH_FH),
-                        FopenFlags::empty(),
-                        id,
-                    );
-                    return;
-                }
-                Err(e) => {
-                    close_raw(raw);
-                    return reply.error(e);
-                }
+        if self.passthrough {
+            if io.backing.is_none() {
+                let id = register(fd.as_fd()).map_err(Errno::from)?;
+                io.backing = Some(Backing { id, opens: 0 });
+            }
+            if let Some(b) = io.backing.as_mut() {
+                b.opens += 1;
             }
         }
-        let raw = fd.into_raw_fd() as u64 | self.cached(&mut io);
-        reply.opened(FileHandle(raw), FopenFlags::FOPEN_KEEP_CACHE);
-    }
-
-    /// Whether a new handle of an inode (opened as `fd`) bypasses the server. Not for a
-    /// set-id file: the kernel's backing file writes with the server's credentials, so a
-    /// non-owner's write would keep the set-id bits it must clear; through the server the
-    /// kernel clears them, as it decides for the caller. Never a mix of both kinds on one
-    /// inode (the kernel refuses it).
-    fn passthrough_for(&self, io: &node::Io, fd: BorrowedFd<'_>) -> bool {
-        if !self.passthrough.load(Ordering::Relaxed) {
-            return false;
-        }
-        if io.backing.is_some() {
-            return true;
-        }
-        let set_id = rustix::fs::fstat(fd).is_ok_and(|st| {
-            st.st_mode & libc::S_ISUID != 0
-                || st.st_mode & (libc::S_ISGID | libc::S_IXGRP) == libc::S_ISGID | libc::S_IXGRP
-        });
-        io.cached_opens == 0 && !set_id
-    }
-
-    /// Counts a cached handle while passthrough is on; the flag marks it for release.
-    fn cached(&self, io: &mut node::Io) -> u64 {
-        if self.passthrough.load(Ordering::Relaxed) {
-            io.cached_opens += 1;
-            CACHED_FH
-        } else {
-            0
-        }
-    }
-
-    /// The inode's backing id: the first passthrough handle's own file, registered with the
-    /// kernel. The kernel opens its own backing file per FUSE file, with that file's flags and
-    /// the server's credentials, so one registration serves every access mode.
-    fn backing_for<'a>(
-        &self,
-        slot: &'a mut Option<Backing>,
-        handle: BorrowedFd<'_>,
-        register: impl FnOnce(BorrowedFd<'_>) -> std::io::Result<fuser::BackingId>,
-    ) -> Result<&'a fuser::BackingId> {
-        if slot.is_none() {
-            let id = register(handle).map_err(Errno::from)?;
-            *slot = Some(Backing { id, opens: 0 });
-        }
-        let backing = slot.as_mut().expect("set above");
-        backing.opens += 1;
-        Ok(&backing.id)
+        let passthrough = if self.passthrough { PASSTHROUGH_FH } else { 0 };
+        let fh = FileHandle(fd.into_raw_fd() as u64 | passthrough);
+        Ok(Served { fh, io })
     }
 
     fn release_backing(&self, ino: INodeNo) {
@@ -374,14 +351,15 @@ impl MappedFs {
         if let Some(size) = size {
             // A handle comes only with ftruncate, so it is a file's descriptor (for a folder
             // the handle would be a `dirs` id, but folders are never truncated).
-            match fh.map(borrow_fh) {
-                Some(fd) => rustix::fs::ftruncate(fd, size),
-                None => self
-                    .reopen(node, OFlags::WRONLY | OFlags::CLOEXEC)
-                    .map_err(|e| SysErrno::from_raw_os_error(i32::from(e)))
-                    .and_then(|fd| rustix::fs::ftruncate(&fd, size)),
-            }
-            .map_err(errno)?;
+            let opened;
+            let file = match fh {
+                Some(fh) => borrow_fh(fh),
+                None => {
+                    opened = self.reopen(node, OFlags::WRONLY | OFlags::CLOEXEC)?;
+                    opened.as_fd()
+                }
+            };
+            rustix::fs::ftruncate(file, size).map_err(errno)?;
         }
         if atime.is_some() || mtime.is_some() {
             let times = Timestamps {
@@ -428,8 +406,7 @@ impl MappedFs {
         let (_, dir) = self.node_fd(parent)?;
         make(dir.as_fd()).map_err(errno)?;
         let fd = open_path(&dir, name)?;
-        let dup = rustix::io::dup(&fd).map_err(errno)?;
-        self.adopt(req, (parent, &dir), name, dup.as_fd(), fd)
+        self.adopt(req, (parent, &dir), name, fd, None)
     }
 
     /// getxattr/listxattr: size 0 asks for the size; otherwise the value, or ERANGE from
@@ -470,7 +447,7 @@ impl Filesystem for MappedFs {
             && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
             && config.set_max_stack_depth(1).is_ok()
         {
-            self.passthrough.store(true, Ordering::Relaxed);
+            self.passthrough = true;
         }
         Ok(())
     }
@@ -733,12 +710,6 @@ impl Filesystem for MappedFs {
         if fh.0 & PASSTHROUGH_FH != 0 {
             self.release_backing(ino);
         }
-        if fh.0 & CACHED_FH != 0
-            && let Ok(node) = self.node(ino)
-        {
-            let mut io = lock(&node.io);
-            io.cached_opens = io.cached_opens.saturating_sub(1);
-        }
         close_raw(fh.0);
         reply.ok();
     }
@@ -775,12 +746,16 @@ impl Filesystem for MappedFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let entries = match self.dir_handle(fh).and_then(|d| self.entries(&d, offset)) {
+        let dir = match self.dir_handle(fh) {
+            Ok(dir) => dir,
+            Err(e) => return reply.error(e),
+        };
+        let entries = match self.entries(&dir, offset) {
             Ok(entries) => entries,
             Err(e) => return reply.error(e),
         };
-        for (i, e) in entries.iter().enumerate() {
-            let next = offset + i as u64 + 1;
+        for (i, e) in entries.iter().enumerate().skip(offset as usize) {
+            let next = i as u64 + 1;
             if reply.add(
                 INodeNo(e.ino),
                 next,
@@ -801,13 +776,17 @@ impl Filesystem for MappedFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let entries = match self.dir_handle(fh).and_then(|d| self.entries(&d, offset)) {
+        let dir = match self.dir_handle(fh) {
+            Ok(dir) => dir,
+            Err(e) => return reply.error(e),
+        };
+        let entries = match self.entries(&dir, offset) {
             Ok(entries) => entries,
             Err(e) => return reply.error(e),
         };
         let ttl = self.settings.ttl;
-        for (i, e) in entries.iter().enumerate() {
-            let next = offset + i as u64 + 1;
+        for (i, e) in entries.iter().enumerate().skip(offset as usize) {
+            let next = i as u64 + 1;
             let name = OsStr::from_bytes(e.name.as_bytes());
             if name == "." || name == ".." {
                 // The kernel links no entry (and takes no reference) for these names; the
@@ -833,7 +812,7 @@ impl Filesystem for MappedFs {
                 Err(Errno::ENOENT) => continue, // gone since the folder was read
                 // Any other failure must not shorten the listing silently: what was added
                 // goes now, and the kernel asks again from here (or gets the error).
-                Err(e) if i == 0 => return reply.error(e),
+                Err(e) if i == offset as usize => return reply.error(e),
                 Err(_) => break,
             };
             if reply.add(attr.ino, next, name, &ttl, &attr, Generation(0)) {
@@ -948,11 +927,6 @@ impl Filesystem for MappedFs {
         reply_empty(reply, result);
     }
 
-    fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
-        // default_permissions: the kernel has checked already.
-        reply.ok();
-    }
-
     fn create(
         &self,
         req: &Request,
@@ -982,8 +956,10 @@ impl Filesystem for MappedFs {
             Err(e) => return reply.error(errno(e)),
         };
         let attr = if made {
-            open_path(&dir, name)
-                .and_then(|path_fd| self.adopt(req, (parent, &dir), name, fd.as_fd(), path_fd))
+            rustix::fs::fstat(&fd).map_err(errno).and_then(|st| {
+                let path_fd = open_path(&dir, name)?;
+                self.adopt(req, (parent, &dir), name, path_fd, Some(key(&st)))
+            })
         } else {
             self.lookup_entry(parent, name)
         };
@@ -991,43 +967,28 @@ impl Filesystem for MappedFs {
             Ok(attr) => attr,
             Err(e) => return reply.error(e),
         };
-        let ttl = self.settings.ttl;
-        let node = self.nodes.get(attr.ino.0);
-        let mut io = node.as_ref().map(|n| lock(&n.io));
-        if let Some(io) = io.as_deref_mut()
-            && self.passthrough_for(io, fd.as_fd())
-        {
-            let backing =
-                self.backing_for(&mut io.backing, fd.as_fd(), |fd| reply.open_backing(fd));
-            let raw = fd.into_raw_fd() as u64;
-            match backing {
-                Ok(id) => {
-                    reply.created_passthrough(
-                        &ttl,
-                        &attr,
-                        Generation(0),
-                        FileHandle(raw | PASSTHROUGH_FH),
-                        FopenFlags::empty(),
-                        id,
-                    );
-                    return;
-                }
-                Err(e) => {
-                    close_raw(raw);
-                    self.nodes.forget(attr.ino.0, 1);
-                    return reply.error(e);
-                }
+        let node = match self.node(attr.ino) {
+            Ok(node) => node,
+            Err(e) => return reply.error(e),
+        };
+        let ttl = &self.settings.ttl;
+        match self.serve(&node, fd, |fd| reply.open_backing(fd)) {
+            Ok(s) => match s.backing() {
+                Some(id) => reply.created_passthrough(
+                    ttl,
+                    &attr,
+                    Generation(0),
+                    s.fh,
+                    FopenFlags::empty(),
+                    id,
+                ),
+                None => reply.created(ttl, &attr, Generation(0), s.fh, FopenFlags::empty()),
+            },
+            Err(e) => {
+                self.nodes.forget(attr.ino.0, 1); // the lookup the kernel will not hold
+                reply.error(e);
             }
         }
-        let cached = io.as_deref_mut().map_or(0, |io| self.cached(io));
-        let raw = fd.into_raw_fd() as u64 | cached;
-        reply.created(
-            &ttl,
-            &attr,
-            Generation(0),
-            FileHandle(raw),
-            FopenFlags::empty(),
-        );
     }
 
     fn fallocate(
@@ -1122,14 +1083,14 @@ fn reply_empty(reply: ReplyEmpty, result: Result<()>) {
 
 /// A file handle is the descriptor number the server opened (plus a flag bit).
 fn borrow_fh(fh: FileHandle) -> BorrowedFd<'static> {
-    let raw = (fh.0 & !(PASSTHROUGH_FH | CACHED_FH)) as RawFd;
+    let raw = (fh.0 & !PASSTHROUGH_FH) as RawFd;
     // SAFETY: the kernel only sends handles this server returned from open/create, and each
     // stays open until its release, which is the last request that names it.
     unsafe { BorrowedFd::borrow_raw(raw) }
 }
 
 fn close_raw(fh: u64) {
-    let raw = (fh & !(PASSTHROUGH_FH | CACHED_FH)) as RawFd;
+    let raw = (fh & !PASSTHROUGH_FH) as RawFd;
     // SAFETY: called once per handle, at release (or when an open is abandoned): the
     // descriptor is ours and nothing uses it after this.
     drop(unsafe { OwnedFd::from_raw_fd(raw) });

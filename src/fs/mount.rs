@@ -139,10 +139,9 @@ pub fn main(req: &MountRequest) -> Result<()> {
     sigprocmask(SigmaskHow::SIG_BLOCK, Some(&signals), None).context("signal mask")?;
 
     let settings = Settings {
-        map: map.clone(),
+        map,
         ttl: options.ttl,
         passthrough: options.passthrough,
-        read_only: options.read_only,
     };
     let fs = MappedFs::new(source, settings).context("source")?;
     let mount_options = vec![
@@ -199,11 +198,10 @@ impl MountRequest {
     }
 }
 
-/// The detached server is this program again with `--notify-ready`; its first line on
-/// stdout says the mount is up. Its errors go to our stderr, which it inherits until then.
+/// Without `--foreground`, the server is this program again, detached (`start_server`).
 fn detach(req: &MountRequest) -> Result<()> {
     let exe = std::env::current_exe().context("finding asme's own binary")?;
-    let mut args: Vec<OsString> = vec!["mount".into(), "--notify-ready".into()];
+    let mut args: Vec<OsString> = Vec::new();
     if let Some(map) = &req.map {
         args.extend(["--map".into(), map.into()]);
     }
@@ -215,22 +213,7 @@ fn detach(req: &MountRequest) -> Result<()> {
         req.source.clone().into_os_string(),
         req.mountpoint.clone().into_os_string(),
     ]);
-    let mut child = Command::new(exe)
-        .args(&args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .context("starting the mount server")?;
-    let stdout = child.stdout.take().expect("piped");
-    let mut line = String::new();
-    let _ = BufReader::new(stdout).read_line(&mut line);
-    if line.trim() == "ready" {
-        return Ok(());
-    }
-    let status = child.wait().context("waiting for the mount server")?;
-    // The server has said why on stderr; this line only carries the status.
-    std::process::exit(status.code().unwrap_or(1).max(1));
+    start_server(&exe, &args)
 }
 
 /// The server keeps descriptors within half its open-file limit (see `node`); a higher limit
@@ -295,18 +278,31 @@ pub fn usable_for_docker() -> Result<()> {
     Ok(())
 }
 
-/// A detached `asme mount --notify-ready` of `source` at `mountpoint` (which must exist),
-/// with `map`; returns once it is mounted, or with the server's one-line error.
+/// A detached `asme mount` of `source` at `mountpoint` (which must exist), with `map`:
+/// what `asme run`'s fuse strategy starts for each bind source.
 pub fn spawn_server(exe: &Path, map: &IdMap, source: &Path, mountpoint: &Path) -> Result<()> {
+    let args = [
+        "--map".into(),
+        map.to_string().into(),
+        "--".into(),
+        source.into(),
+        mountpoint.into(),
+    ];
+    start_server(exe, &args).with_context(|| format!("asme mount of {}", source.display()))
+}
+
+/// Runs `asme mount --notify-ready ARGS`, the server, and returns once its first line on
+/// stdout says the mount is up, or with its one-line error (which it writes on stderr, then
+/// exits).
+fn start_server(exe: &Path, args: &[OsString]) -> Result<()> {
     let mut child = Command::new(exe)
-        .args(["mount", "--notify-ready", "--map", &map.to_string(), "--"])
-        .arg(source)
-        .arg(mountpoint)
+        .args(["mount", "--notify-ready"])
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .context("starting asme mount")?;
+        .context("starting the mount server")?;
     let mut line = String::new();
     let _ = BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line);
     if line.trim() == "ready" {
@@ -315,12 +311,12 @@ pub fn spawn_server(exe: &Path, map: &IdMap, source: &Path, mountpoint: &Path) -
     let mut err = String::new();
     let _ = std::io::Read::read_to_string(&mut child.stderr.take().expect("piped"), &mut err);
     let _ = child.wait();
-    let err = err.lines().next().unwrap_or("failed").trim();
-    bail!(
-        "asme mount of {}: {}",
-        source.display(),
-        err.strip_prefix("asme: ").unwrap_or(err)
-    )
+    let err = err
+        .lines()
+        .next()
+        .unwrap_or("the mount server failed")
+        .trim();
+    bail!("{}", err.strip_prefix("asme: ").unwrap_or(err))
 }
 
 fn check_mountpoint(mountpoint: &Path) -> Result<()> {

@@ -38,8 +38,7 @@ pub struct Node {
     pub key: Key,
     place: Mutex<Place>,
     /// Passthrough state: one backing file per inode while any passthrough handle is open
-    /// (the kernel refuses a second, different backing file for an inode), or the count of
-    /// cached handles.
+    /// (the kernel refuses a second, different backing file for an inode).
     pub io: Mutex<Io>,
 }
 
@@ -57,9 +56,6 @@ struct Place {
 #[derive(Debug, Default)]
 pub struct Io {
     pub backing: Option<Backing>,
-    /// Handles served through the page cache while passthrough is on (see
-    /// `MappedFs::passthrough_for`): the kernel refuses to mix the two on one inode.
-    pub cached_opens: u32,
 }
 
 #[derive(Debug)]
@@ -133,7 +129,7 @@ impl Table {
     /// returns its id. A node already known keeps its descriptor and learns the name.
     pub fn remember(&self, fd: OwnedFd, key: Key, parent: u64, name: &OsStr) -> u64 {
         let name = CString::new(name.as_bytes()).ok().map(|n| (parent, n));
-        let mut inner = self.lock_inner();
+        let mut inner = lock(&self.inner);
         let id = self.id_of(&mut inner, key);
         let fresh = match inner.nodes.get_mut(&id) {
             Some(entry) => {
@@ -170,13 +166,9 @@ impl Table {
         id
     }
 
-    fn lock_inner(&self) -> MutexGuard<'_, Inner> {
-        lock(&self.inner)
-    }
-
     /// The kernel dropped `n` lookups of `id`; at zero the node and its descriptor go.
     pub fn forget(&self, id: u64, n: u64) {
-        let mut inner = self.lock_inner();
+        let mut inner = lock(&self.inner);
         if let Some(entry) = inner.nodes.get_mut(&id) {
             entry.lookups = entry.lookups.saturating_sub(n);
             if entry.lookups == 0 && id != ROOT {
@@ -257,7 +249,7 @@ impl Table {
 
     /// The id the mount shows for `key` (also its `st_ino`).
     pub fn id_for(&self, key: Key) -> u64 {
-        let mut inner = self.lock_inner();
+        let mut inner = lock(&self.inner);
         self.id_of(&mut inner, key)
     }
 

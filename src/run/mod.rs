@@ -166,8 +166,6 @@ fn run_then_repair(ctx: &Context, args: &RunArgs, command: &[String]) -> Result<
         sources.len(),
         ctx.owner
     ));
-    let final_argv = plan::rewrite(args, command, &Setup::keep_user(args, &ctx.exe).inject);
-    ctx.say(format_args!("docker {}", shell_words(&final_argv)));
     let (pid, started) = fix::journal::this_process();
     let pending = fix::journal::Pending {
         pid,
@@ -177,8 +175,7 @@ fn run_then_repair(ctx: &Context, args: &RunArgs, command: &[String]) -> Result<
         paths: sources.clone(),
     };
     let entry = fix::journal::Entry::write(&ctx.cache.pending_dir(), &pending)?;
-    let status = crate::sys::run_forwarding_signals("docker".as_ref(), &final_argv)
-        .context("running docker")?;
+    let status = run_docker_child(ctx, args, command)?;
     match fix::repair(ctx.cli, &sources, ctx.owner, container) {
         Ok(_) => entry.done(),
         Err(e) => eprintln!(
@@ -187,6 +184,25 @@ fn run_then_repair(ctx: &Context, args: &RunArgs, command: &[String]) -> Result<
         ),
     }
     std::process::exit(status)
+}
+
+/// `docker run ARGS` with asme injected and the container's own user, as a child that gets
+/// the signals sent to asme (for strategies with work after the run); returns its status.
+fn run_docker_child(ctx: &Context, args: &RunArgs, command: &[String]) -> Result<i32> {
+    let final_argv = plan::rewrite(args, command, &Setup::keep_user(args, &ctx.exe).inject);
+    ctx.say(format_args!("docker {}", shell_words(&final_argv)));
+    crate::sys::run_forwarding_signals("docker".as_ref(), &final_argv).context("running docker")
+}
+
+/// Strategies that map the container's user to the owner never store files as host root.
+fn refuse_root_owner(ctx: &Context, strategy: &str) -> Result<()> {
+    if ctx.owner.uid == 0 || ctx.owner.gid == 0 {
+        bail!(
+            "the {strategy} strategy never stores files as host root; the owner {} is root",
+            ctx.owner
+        );
+    }
+    Ok(())
 }
 
 /// A bind source whose filesystem refuses idmapped mounts (the case for the fuse strategy).
@@ -200,12 +216,7 @@ struct IdmapRefused(String);
 /// container lets go of it (at once, or when a `-d` container stops).
 fn run_through_fuse(ctx: &Context, args: &RunArgs, command: &[String]) -> Result<()> {
     let container = container_ids(ctx, args)?;
-    if ctx.owner.uid == 0 || ctx.owner.gid == 0 {
-        bail!(
-            "the fuse strategy never stores files as host root; the owner {} is root",
-            ctx.owner
-        );
-    }
+    refuse_root_owner(ctx, "fuse")?;
     let binds = mounts::bind_mounts(args);
     ctx.say(format_args!(
         "strategy fuse: the container keeps uid {}:{}; {} bind mount(s) are served by asme mount, \
@@ -220,6 +231,7 @@ fn run_through_fuse(ctx: &Context, args: &RunArgs, command: &[String]) -> Result
     let mut mounted = FuseMounts(Vec::new());
     for (i, bind) in binds.iter().enumerate() {
         let source = bind.absolute_source(&cwd);
+        // Checks it, and creates a missing `-v` source as the owner, as docker would.
         open_source(&source, bind.kind)?;
         let point = ctx
             .cache
@@ -232,15 +244,11 @@ fn run_through_fuse(ctx: &Context, args: &RunArgs, command: &[String]) -> Result
         }
         mounted.0.push(point);
     }
-    let setup_args = mounts::with_sources(args, &binds, &mounted.0);
-    let final_argv = plan::rewrite(
-        &setup_args,
+    let status = run_docker_child(
+        ctx,
+        &mounts::with_sources(args, &binds, &mounted.0),
         command,
-        &Setup::keep_user(args, &ctx.exe).inject,
-    );
-    ctx.say(format_args!("docker {}", shell_words(&final_argv)));
-    let status = crate::sys::run_forwarding_signals("docker".as_ref(), &final_argv)
-        .context("running docker")?;
+    )?;
     drop(mounted);
     std::process::exit(status)
 }
@@ -317,12 +325,7 @@ fn idmap_setup<'a>(ctx: &'a Context, args: &RunArgs) -> Result<Setup<'a>> {
     if binds.is_empty() {
         return Ok(setup);
     }
-    if ctx.owner.uid == 0 || ctx.owner.gid == 0 {
-        bail!(
-            "the idmap strategy never stores files as host root; the owner {} is root",
-            ctx.owner
-        );
-    }
+    refuse_root_owner(ctx, "idmap")?;
     let cwd = std::env::current_dir().context("reading the working folder")?;
     let sources = binds
         .iter()
