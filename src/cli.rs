@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::engine::Program;
 use crate::owner::OwnerSpec;
 
 /// Run containers as me: what a container writes into your folders stays yours.
@@ -20,8 +21,8 @@ pub struct Cli {
     pub owner: Option<OwnerSpec>,
 
     /// Container engine to drive.
-    #[arg(long, env = "ASME_ENGINE", value_enum, default_value_t = EngineKind::Docker)]
-    pub engine: EngineKind,
+    #[arg(long, env = "ASME_ENGINE", value_enum, default_value_t = Program::Docker)]
+    pub engine: Program,
 
     /// Print the final engine command line (and what asme decided) on stderr.
     #[arg(short, long)]
@@ -181,7 +182,11 @@ pub enum AgentCommand {
     Stop,
     /// (inside the agent container) serve requests.
     #[command(hide = true)]
-    Serve,
+    Serve {
+        /// The engine daemon's process name: the agent works in its mount namespace.
+        #[arg(long, default_value = "dockerd")]
+        daemon: String,
+    },
 }
 
 /// How ownership of bind-mount writes is achieved.
@@ -200,12 +205,6 @@ pub enum Strategy {
     /// Run as plain docker would, then give everything the container left in bind mounts back
     /// to the owner (`asme fix`'s walker), however the run ends.
     Fix,
-}
-
-/// Which engine CLI asme drives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum EngineKind {
-    Docker,
 }
 
 #[cfg(test)]

@@ -1,10 +1,16 @@
 //! asme: run containers as me.
 //!
 //! The binary is a thin CLI (`main.rs`, `cli.rs`) over these modules, each owning one concern.
+//! Dependencies run one way, lowest first: `sys`, `exit` → `identity`, `owner`, `cache`,
+//! `init` → `engine`, `idmap`, `fs`, `chown` → `agent` → `fix` → `run` → `doctor`.
 
 pub mod agent;
+pub mod cache;
+pub mod chown;
 pub mod cli;
 pub mod doctor;
+pub mod engine;
+pub mod exit;
 pub mod fix;
 pub mod fs;
 pub mod identity;

@@ -2,20 +2,15 @@
 
 use std::process::ExitCode;
 
-use clap::Parser as _;
+use anyhow::Result;
+use clap::{CommandFactory as _, Parser as _};
 
+use asme::cache::Cache;
+use asme::chown::SummaryTo;
 use asme::cli::{AgentCommand, Cli, Command};
-use asme::run::engine::Docker;
-use asme::{agent, doctor, fix, init, run};
-
-/// docker run's own exit code for errors of the run itself (not of the command).
-const EXIT_RUN_FAILED: u8 = 125;
-
-/// Exit code when a command other than `run` fails, or did part of its work.
-const EXIT_FAILURE: u8 = 1;
-
-/// Exit code for a command line asme cannot parse (clap's convention).
-const EXIT_USAGE: u8 = 2;
+use asme::engine::Engine;
+use asme::exit::Exit;
+use asme::{agent, doctor, fix, fs, init, run};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -26,71 +21,86 @@ fn main() -> ExitCode {
             let message = err.to_string();
             let first = message.lines().next().unwrap_or_default();
             eprintln!("asme: {}", first.strip_prefix("error: ").unwrap_or(first));
-            return ExitCode::from(EXIT_USAGE);
+            return usage_error().into();
         }
     };
-    let result = match cli.command {
-        Command::Init { ref argv } => return exit_with(init::run(argv)),
-        Command::Probe => init::probe::main(),
-        Command::Run { ref args } => run::run(&cli, args),
-        Command::Fix(ref args) => {
-            if let Ok(cache) = asme::run::cache::Cache::open() {
-                fix::complete_pending(&cli, &cache.pending_dir());
-            }
-            return match fix::main(&cli, args) {
-                Ok(true) => ExitCode::SUCCESS,
-                Ok(false) => ExitCode::from(EXIT_FAILURE),
-                Err(err) => {
-                    eprintln!("asme: {err:#}");
-                    ExitCode::from(EXIT_FAILURE)
-                }
-            };
-        }
-        Command::Mount(ref m) => {
-            let req = asme::fs::mount::MountRequest {
-                source: m.source.clone(),
-                mountpoint: m.mountpoint.clone(),
-                map: m.map.clone(),
-                options: m.options.clone(),
-                foreground: m.foreground,
-                notify_ready: m.notify_ready,
-            };
-            return exit_code(asme::fs::mount::main(&req));
-        }
-        Command::Umount {
-            ref mountpoint,
-            lazy,
-        } => return exit_code(asme::fs::mount::umount(mountpoint, lazy)),
-        Command::Doctor { ref path, json } => return doctor::main(&cli, path.as_deref(), json),
-        Command::DoctorWrite { ref path } => doctor::write_probe(path),
-        Command::Agent {
-            command: AgentCommand::Serve,
-        } => agent::server::serve(),
-        Command::Agent {
-            command: AgentCommand::Stop,
-        } => Docker::detect().and_then(|d| agent::stop(&d)),
+    // `asme run` fails as `docker run` does; the other commands as tools usually do.
+    let failed = match cli.command {
+        Command::Run { .. } => Exit::RunFailed,
+        _ => Exit::Failure,
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
+    match dispatch(&cli) {
+        Ok(exit) => exit.into(),
         Err(err) => {
             // One line, the whole chain of causes (ripgrep, fd).
             eprintln!("asme: {err:#}");
-            ExitCode::from(EXIT_RUN_FAILED)
+            failed.into()
         }
     }
 }
 
-/// Commands other than `run`: one error line and exit 1.
-fn exit_code(result: anyhow::Result<()>) -> ExitCode {
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("asme: {err:#}");
-            ExitCode::from(EXIT_FAILURE)
+fn dispatch(cli: &Cli) -> Result<Exit> {
+    let done = |()| Exit::Success;
+    match &cli.command {
+        Command::Init { argv } => Ok(init::run(argv)),
+        Command::Probe => init::probe::main().map(done),
+        Command::Run { args } => run::run(
+            run::Request {
+                strategy: cli.strategy,
+                owner: cli.owner,
+                program: cli.engine,
+                verbose: cli.verbose,
+            },
+            args,
+        ),
+        Command::Fix(args) => {
+            if let Ok(cache) = Cache::open() {
+                fix::complete_pending(cli.engine, cli.verbose, &cache.pending_dir());
+            }
+            let settings = fix::Settings {
+                program: cli.engine,
+                verbose: cli.verbose,
+                summary: if args.repair {
+                    SummaryTo::StderrWhenNews
+                } else {
+                    SummaryTo::Stdout
+                },
+            };
+            fix::main(settings, cli.owner, args).map(Exit::from_ok)
         }
+        Command::Mount(m) => fs::mount::main(&fs::mount::MountRequest {
+            source: m.source.clone(),
+            mountpoint: m.mountpoint.clone(),
+            map: m.map.clone(),
+            options: m.options.clone(),
+            foreground: m.foreground,
+            notify_ready: m.notify_ready,
+        })
+        .map(done),
+        Command::Umount { mountpoint, lazy } => fs::mount::umount(mountpoint, *lazy).map(done),
+        Command::Doctor { path, json } => {
+            doctor::main(cli.engine, cli.owner, path.as_deref(), *json).map(Exit::from_ok)
+        }
+        Command::DoctorWrite { path } => doctor::write_probe(path).map(done),
+        Command::Agent {
+            command: AgentCommand::Serve { daemon },
+        } => agent::server::serve(daemon).map(done),
+        Command::Agent {
+            command: AgentCommand::Stop,
+        } => Engine::detect(cli.engine)
+            .and_then(|e| agent::stop(&e))
+            .map(done),
     }
 }
 
-fn exit_with(status: i32) -> ExitCode {
-    ExitCode::from(u8::try_from(status).unwrap_or(EXIT_RUN_FAILED))
+/// The exit status for a command line clap refused: `docker run`'s 125 when it was meant for
+/// `asme run`, clap's 2 otherwise.
+fn usage_error() -> Exit {
+    let matches = Cli::command()
+        .ignore_errors(true)
+        .try_get_matches_from(std::env::args_os());
+    match matches.as_ref().ok().and_then(|m| m.subcommand_name()) {
+        Some("run") => Exit::RunFailed,
+        _ => Exit::Usage,
+    }
 }

@@ -1,16 +1,18 @@
 //! Who "me" is: the host uid/gid that files written into bind mounts must belong to.
 //!
-//! Owns parsing `--owner UID[:GID]` and choosing between that, sudo's variables and the real
-//! ids. Host account names are looked up by `identity` over the host's files, not through NSS,
-//! which a static binary cannot use.
+//! Owns parsing `--owner UID[:GID]`, choosing between that, sudo's variables and the real
+//! ids, and reading the host's account files. Names are looked up by `identity` over those
+//! files, not through NSS, which a static binary cannot use.
 
 use std::fmt;
 use std::str::FromStr;
 
 use crate::identity::{GroupFile, PasswdFile};
 
-/// The host user and group that should own what the container writes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The host user and group that should own what the container writes. Serialised as
+/// `UID:GID`, as written on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(into = "String", try_from = "String")]
 pub struct Owner {
     pub uid: u32,
     pub gid: u32,
@@ -19,6 +21,24 @@ pub struct Owner {
 impl fmt::Display for Owner {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:{}", self.uid, self.gid)
+    }
+}
+
+impl From<Owner> for String {
+    fn from(owner: Owner) -> String {
+        owner.to_string()
+    }
+}
+
+impl TryFrom<String> for Owner {
+    type Error = OwnerSpecError;
+
+    fn try_from(text: String) -> Result<Owner, OwnerSpecError> {
+        let spec: OwnerSpec = text.parse()?;
+        Ok(Owner {
+            uid: spec.uid,
+            gid: spec.gid.unwrap_or(spec.uid),
+        })
     }
 }
 
@@ -92,13 +112,42 @@ pub fn resolve(spec: Option<OwnerSpec>, inv: &Invocation) -> Owner {
     }
 }
 
+/// The owner for this invocation: `spec` (`--owner`), sudo's user, or the real ids.
+pub fn invoking(spec: Option<OwnerSpec>) -> Owner {
+    let sudo_uid = std::env::var("SUDO_UID").ok();
+    let sudo_gid = std::env::var("SUDO_GID").ok();
+    resolve(
+        spec,
+        &Invocation {
+            real: crate::sys::real_ids(),
+            sudo_uid: sudo_uid.as_deref(),
+            sudo_gid: sudo_gid.as_deref(),
+            host_passwd: &host_passwd_text(),
+        },
+    )
+}
+
+/// The host's /etc/passwd, parsed (empty where there is none).
+pub fn host_passwd() -> PasswdFile {
+    PasswdFile::parse(&host_passwd_text())
+}
+
+/// The host's /etc/group, parsed (empty where there is none).
+pub fn host_group() -> GroupFile {
+    GroupFile::parse(&std::fs::read_to_string("/etc/group").unwrap_or_default())
+}
+
+fn host_passwd_text() -> String {
+    std::fs::read_to_string("/etc/passwd").unwrap_or_default()
+}
+
 /// The owner's user and group names on the host, empty when the host has none.
-pub fn host_names(owner: Owner, host_passwd: &str, host_group: &str) -> (String, String) {
-    let user = PasswdFile::parse(host_passwd)
+pub fn host_names(owner: Owner, passwd: &PasswdFile, group: &GroupFile) -> (String, String) {
+    let user = passwd
         .by_uid(owner.uid)
         .map(|e| e.name.clone())
         .unwrap_or_default();
-    let group = GroupFile::parse(host_group)
+    let group = group
         .by_gid(owner.gid)
         .map(|e| e.name.clone())
         .unwrap_or_default();
@@ -213,18 +262,30 @@ mod tests {
     }
 
     #[test]
+    fn owners_serialise_as_written() {
+        let owner = Owner { uid: 1234, gid: 55 };
+        assert_eq!(serde_json::to_string(&owner).unwrap(), r#""1234:55""#);
+        assert_eq!(
+            serde_json::from_str::<Owner>(r#""1234:55""#).unwrap(),
+            owner
+        );
+        assert!(serde_json::from_str::<Owner>(r#""bob""#).is_err());
+    }
+
+    #[test]
     fn names_from_host_files() {
         let owner = Owner {
             uid: 1234,
             gid: 4321,
         };
-        let group = "alice:x:4321:\n";
+        let passwd = PasswdFile::parse(HOST_PASSWD);
+        let group = GroupFile::parse("alice:x:4321:\n");
         assert_eq!(
-            host_names(owner, HOST_PASSWD, group),
+            host_names(owner, &passwd, &group),
             ("alice".into(), "alice".into())
         );
         assert_eq!(
-            host_names(Owner { uid: 5, gid: 5 }, HOST_PASSWD, group),
+            host_names(Owner { uid: 5, gid: 5 }, &passwd, &group),
             (String::new(), String::new())
         );
     }

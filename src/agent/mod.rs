@@ -7,6 +7,7 @@
 //! privileges exactly those of plain `docker run`, and costs about a millisecond once the
 //! agent runs.
 
+pub mod lifecycle;
 pub mod protocol;
 pub mod server;
 
@@ -14,21 +15,18 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Result, anyhow};
 
+use crate::chown::{HardLinks, Policy, Scope, Walked};
+use crate::engine::Engine;
 use crate::owner::Owner;
-use crate::run::engine::{Docker, SELF_IMAGE_LABEL};
 use crate::sys::socket;
-use protocol::{BUILD, ErrorKind, PROTOCOL, Request, Response, SOCKET};
+use lifecycle::{DEADLINE, connect_or_start};
+use protocol::{ErrorKind, Header, Request, Response};
 
-/// The agent container's name: one per engine.
-pub const CONTAINER: &str = "asme-agent";
-/// Label on everything agent-related, so `asme agent stop` finds it all.
-const LABEL: &str = "asme.agent=1";
-/// How long starting the agent and any one request may take.
-const DEADLINE: Duration = Duration::from_secs(20);
+pub use lifecycle::stop;
 
 /// Idmapped copies of folders, valid while this lease (its connection) is open.
 pub struct Lease {
@@ -49,28 +47,38 @@ impl Lease {
 /// Why no lease was given.
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseError {
-    /// The filesystem of folder `source` (or the kernel) refuses idmapped mounts.
+    /// Folder `index` (or every folder, when `None`) cannot be idmapped by the agent, though
+    /// the caller can read it: a mapping served as the caller can still give it.
     #[error("{message}")]
-    Unsupported {
+    Source {
+        why: SourceRefusal,
         message: String,
-        source_index: Option<usize>,
+        index: Option<usize>,
     },
     #[error(transparent)]
     Other(#[from] anyhow::Error),
 }
 
+/// Why the agent cannot idmap a folder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceRefusal {
+    /// Its filesystem (or the kernel) refuses idmapped mounts: true of every folder there.
+    RefusesIdmap,
+    /// The agent (root in the engine's namespaces) may not reach it: a FUSE share mounted
+    /// without `allow_other`.
+    Unreachable,
+}
+
 /// Asks the agent (starting it if needed) for idmapped copies of `sources` where container
 /// ids `container` are stored as `owner`.
 pub fn lease(
-    docker: &Docker,
+    docker: &Engine,
     exe: &Path,
     sources: &[BorrowedFd<'_>],
     container: (u32, u32),
     owner: Owner,
 ) -> Result<Lease, LeaseError> {
     let request = Request::Prepare {
-        protocol: PROTOCOL,
-        build: BUILD.to_string(),
         container_uid: container.0,
         container_gid: container.1,
         owner_uid: owner.uid,
@@ -84,12 +92,17 @@ pub fn lease(
             paths: paths.into_iter().map(PathBuf::from).collect(),
         }),
         Response::Error {
-            kind: ErrorKind::Unsupported,
+            kind: kind @ (ErrorKind::Unsupported | ErrorKind::Unreachable),
             message,
             source,
-        } => Err(LeaseError::Unsupported {
+        } => Err(LeaseError::Source {
+            why: if kind == ErrorKind::Unsupported {
+                SourceRefusal::RefusesIdmap
+            } else {
+                SourceRefusal::Unreachable
+            },
             message,
-            source_index: source,
+            index: source,
         }),
         Response::Error { message, .. } => Err(anyhow!("the asme agent refused: {message}").into()),
         other => Err(anyhow!("unexpected answer from the asme agent: {other:?}").into()),
@@ -98,35 +111,33 @@ pub fn lease(
 
 /// Answer to an `asme fix` request.
 pub struct Fixed {
-    pub walked: crate::fix::Walked,
+    pub walked: Walked,
     pub problems: Vec<String>,
 }
 
 /// Has the agent walk the tree `name` in folder `parent` (opened by the caller) as root.
 /// A walk takes as long as the tree needs: there is no deadline on the answer.
 pub fn fix(
-    docker: &Docker,
+    docker: &Engine,
     exe: &Path,
     parent: BorrowedFd<'_>,
     name: &[u8],
     path: &Path,
-    policy: &crate::fix::Policy,
+    policy: &Policy,
 ) -> Result<Fixed, FixError> {
     let (from_uid, from_gid) = match policy.scope {
-        crate::fix::Scope::OwnedBy { uid, gid } => (uid, gid),
-        crate::fix::Scope::All => (0, 0),
+        Scope::OwnedBy { uid, gid } => (uid, gid),
+        Scope::All => (0, 0),
     };
     let request = Request::Fix {
-        protocol: PROTOCOL,
-        build: BUILD.to_string(),
         name: name.to_vec(),
         path: path.to_string_lossy().into_owned(),
         owner_uid: policy.owner.uid,
         owner_gid: policy.owner.gid,
         from_uid,
         from_gid,
-        all: policy.scope == crate::fix::Scope::All,
-        follow_hardlinks: policy.hard_links == crate::fix::HardLinks::Follow,
+        all: policy.scope == Scope::All,
+        follow_hardlinks: policy.hard_links == HardLinks::Follow,
         cross_mounts: policy.cross_mounts,
     };
     let answer = ask(docker, exe, &request, &[parent], None).map_err(|e| match e {
@@ -157,7 +168,7 @@ pub enum FixError {
 /// Sends one request (starting the agent if needed, and replacing once an agent that speaks
 /// another protocol) and returns the connection with the answer.
 fn ask(
-    docker: &Docker,
+    docker: &Engine,
     exe: &Path,
     request: &Request,
     fds: &[BorrowedFd<'_>],
@@ -183,7 +194,7 @@ fn ask(
                     || (kind == ErrorKind::Invalid
                         && message.starts_with("malformed request"))) =>
             {
-                stop(docker).map_err(AskError::Unreachable)?;
+                lifecycle::replace_other_build(docker, exe).map_err(AskError::Unreachable)?;
                 restarted = true;
             }
             response => return Ok((conn, response)),
@@ -215,7 +226,8 @@ fn exchange(
     deadline: Option<Duration>,
 ) -> io::Result<Response> {
     conn.set_read_timeout(deadline)?;
-    socket::send_with_fds(conn, &serde_json::to_vec(request)?, fds)?;
+    let message = Header::ours().with(request);
+    socket::send_with_fds(conn, &serde_json::to_vec(&message)?, fds)?;
     // A long answer (a fix's problem lines) may come in several pieces on a stream socket.
     let mut data = Vec::new();
     loop {
@@ -231,126 +243,4 @@ fn exchange(
             Err(e) => return Err(e.into()),
         }
     }
-}
-
-fn connect_or_start(docker: &Docker, exe: &Path) -> Result<UnixStream> {
-    match UnixStream::connect(SOCKET) {
-        Ok(conn) => return Ok(conn),
-        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
-            bail!("cannot use the asme agent at {SOCKET}: {e} (is your user in the docker group?)")
-        }
-        Err(_) => {}
-    }
-    start(docker, exe)?;
-    let deadline = Instant::now() + DEADLINE;
-    for attempt in 0.. {
-        match UnixStream::connect(SOCKET) {
-            Ok(conn) => return Ok(conn),
-            Err(e) if Instant::now() >= deadline => {
-                bail!(
-                    "the asme agent did not come up within {DEADLINE:?} ({e}){}",
-                    agent_log(docker)
-                );
-            }
-            Err(_) => {}
-        }
-        // Every 200 ms, make sure it has not died on the way up.
-        if attempt % 10 == 9 && !is_running(docker) {
-            bail!("the asme agent stopped while starting{}", agent_log(docker));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    unreachable!()
-}
-
-fn is_running(docker: &Docker) -> bool {
-    docker
-        .output([
-            "container",
-            "inspect",
-            "--format",
-            "{{.State.Running}}",
-            CONTAINER,
-        ])
-        .is_ok_and(|out| out.trim() == "true")
-}
-
-/// The agent's last words, for an error message.
-fn agent_log(docker: &Docker) -> String {
-    match docker.output(["logs", "--tail", "2", CONTAINER]) {
-        Ok(log) if !log.trim().is_empty() => format!(": {}", log.trim().replace('\n', "; ")),
-        _ => String::new(),
-    }
-}
-
-/// Starts the agent container. Its privileges are what the kernel sequence needs and no
-/// more: joining the host's mount namespace (SYS_ADMIN, SYS_CHROOT, and SYS_PTRACE to open
-/// the engine's /proc/PID/ns/mnt), writing id maps (SETUID, SETGID, and SETFCAP, which
-/// Linux 5.12+ demands to map a container's root: `verify_root_map`), giving its socket to
-/// the docker group and ownership back in `asme fix` (CHOWN), and entering unreadable folders
-/// in a fix (DAC_READ_SEARCH). No network, a read-only root, no restart policy. A stopped agent is kept
-/// until the next start (its log explains why it stopped) or `asme agent stop`.
-pub fn start(docker: &Docker, exe: &Path) -> Result<()> {
-    let image = docker.self_image(exe)?;
-    if docker.output(["container", "inspect", CONTAINER]).is_ok() && !is_running(docker) {
-        docker.output(["rm", "-f", CONTAINER])?;
-    }
-    let result = docker.output([
-        "run",
-        "-d",
-        "--name",
-        CONTAINER,
-        "--label",
-        LABEL,
-        "--pid=host",
-        "--network=none",
-        "--read-only",
-        "--cap-drop=ALL",
-        "--cap-add=SYS_ADMIN",
-        "--cap-add=SYS_CHROOT",
-        "--cap-add=SYS_PTRACE",
-        "--cap-add=SETUID",
-        "--cap-add=SETGID",
-        "--cap-add=SETFCAP",
-        "--cap-add=CHOWN",
-        "--cap-add=DAC_READ_SEARCH",
-        // AppArmor's and SELinux's container policies forbid mount operations outright.
-        "--security-opt=apparmor=unconfined",
-        "--security-opt=label=disable",
-        &image,
-        "/asme",
-        "agent",
-        "serve",
-    ]);
-    match result {
-        Ok(_) => Ok(()),
-        // Another asme started it at the same moment.
-        Err(e) if e.to_string().contains("is already in use") => Ok(()),
-        Err(e) => Err(e.context("starting the asme agent container")),
-    }
-}
-
-/// `asme agent stop`: stops the agent (it detaches every lease on its way out) and removes
-/// its container and asme's images.
-pub fn stop(docker: &Docker) -> Result<()> {
-    for step in [
-        &["stop", "--time", "10", CONTAINER][..],
-        &["rm", "-f", CONTAINER],
-    ] {
-        match docker.output(step) {
-            Ok(_) => {}
-            Err(e) if e.to_string().contains("No such container") => {}
-            Err(e) => return Err(e.context("stopping the asme agent")),
-        }
-    }
-    let images = docker.output([
-        "images",
-        "-q",
-        "--filter",
-        &format!("label={SELF_IMAGE_LABEL}"),
-    ])?;
-    for id in images.split_whitespace() {
-        let _ = docker.output(["image", "rm", "-f", id]);
-    }
-    Ok(())
 }

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever a message changes meaning; an agent speaking another version is replaced.
-pub const PROTOCOL: u32 = 4;
+pub const PROTOCOL: u32 = 5;
 
 /// This build's id (see build.rs): an agent of another build is replaced too, so that an
 /// upgrade never leaves an old agent serving new clients.
@@ -20,22 +20,56 @@ pub const LEASES: &str = "/run/asme/leases";
 /// The most folders one request may carry.
 pub const MAX_SOURCES: usize = 64;
 
+/// What every request starts with: who is asking, so that an agent of another build can say
+/// "replace me" before it tries to read the rest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Header {
+    pub protocol: u32,
+    #[serde(default)]
+    pub build: String,
+}
+
+impl Header {
+    /// This build's header.
+    pub fn ours() -> Header {
+        Header {
+            protocol: PROTOCOL,
+            build: BUILD.to_string(),
+        }
+    }
+
+    /// Whether the peer is this very build.
+    pub fn is_ours(&self) -> bool {
+        self.protocol == PROTOCOL && self.build == BUILD
+    }
+
+    /// A whole message: this header and `request`.
+    pub fn with(self, request: &Request) -> Message<'_> {
+        Message {
+            header: self,
+            request,
+        }
+    }
+}
+
+/// A request on the wire: the header's fields, then the request's, in one JSON object.
+#[derive(Debug, Serialize)]
+pub struct Message<'a> {
+    #[serde(flatten)]
+    pub header: Header,
+    #[serde(flatten)]
+    pub request: &'a Request,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
     /// Are you there, and do you speak my protocol?
-    Ping {
-        protocol: u32,
-        #[serde(default)]
-        build: String,
-    },
+    Ping,
     /// Make idmapped copies of the attached folders (in order) where container ids
     /// `container_uid`/`container_gid` are stored as the owner, and lease them to this
     /// connection.
     Prepare {
-        protocol: u32,
-        #[serde(default)]
-        build: String,
         container_uid: u32,
         container_gid: u32,
         owner_uid: u32,
@@ -44,9 +78,6 @@ pub enum Request {
     /// `asme fix` the folder `name` in the attached folder (its parent, opened by the peer):
     /// entries of `from` (or everyone's, with `all`) become the owner's.
     Fix {
-        protocol: u32,
-        #[serde(default)]
-        build: String,
         /// The tree's name in its parent, as bytes: any name a filesystem allows.
         name: Vec<u8>,
         /// The tree's path as the peer knows it, for messages.
@@ -75,7 +106,7 @@ pub enum Response {
     /// A finished `asme fix`: its summary line, its problem lines, and whether it went
     /// without error.
     Fixed {
-        walked: crate::fix::Walked,
+        walked: crate::chown::Walked,
         problems: Vec<String>,
     },
     Error {
@@ -92,6 +123,9 @@ pub enum Response {
 pub enum ErrorKind {
     /// The folder's filesystem (or the kernel) refuses idmapped mounts: use another strategy.
     Unsupported,
+    /// The agent may not reach the folder that the peer can (a FUSE share mounted without
+    /// `allow_other`): neither can the engine, so use a strategy that serves it as the peer.
+    Unreachable,
     /// The request asks for something this peer may not have.
     Denied,
     /// The request is malformed.
@@ -109,17 +143,27 @@ mod tests {
     #[test]
     fn wire_format_is_stable() {
         let request = Request::Prepare {
-            protocol: 1,
-            build: "b".into(),
             container_uid: 0,
             container_gid: 0,
             owner_uid: 1234,
             owner_gid: 1234,
         };
+        let header = Header {
+            protocol: 1,
+            build: "b".into(),
+        };
+        let text = serde_json::to_string(&header.clone().with(&request)).unwrap();
         assert_eq!(
-            serde_json::to_string(&request).unwrap(),
-            r#"{"op":"prepare","protocol":1,"build":"b","container_uid":0,"container_gid":0,"owner_uid":1234,"owner_gid":1234}"#
+            text,
+            r#"{"protocol":1,"build":"b","op":"prepare","container_uid":0,"container_gid":0,"owner_uid":1234,"owner_gid":1234}"#
         );
+        // The agent reads the header first, then the request from the same object.
+        let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            serde_json::from_value::<Header>(value.clone()).unwrap(),
+            header
+        );
+        assert_eq!(serde_json::from_value::<Request>(value).unwrap(), request);
         let response = Response::Error {
             kind: ErrorKind::Unsupported,
             message: "x".into(),

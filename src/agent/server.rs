@@ -20,22 +20,29 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use nix::sys::signal::{SigSet, Signal};
 
-use super::protocol::{BUILD, ErrorKind, LEASES, MAX_SOURCES, PROTOCOL, Request, Response, SOCKET};
-use crate::fix;
+use super::protocol::{
+    BUILD, ErrorKind, Header, LEASES, MAX_SOURCES, PROTOCOL, Request, Response, SOCKET,
+};
+use crate::chown;
 use crate::identity::GroupFile;
 use crate::idmap::{self, IdMap};
 use crate::owner::Owner;
 use crate::sys::fs as sysfs;
 use crate::sys::{mount, socket};
 
+/// Held by the serving agent (see `serve`).
+const LOCK: &str = "/run/asme/agent.lock";
+
 /// Largest request message: a small JSON object.
 const MAX_REQUEST: usize = 4096;
 
-pub fn serve() -> Result<()> {
+/// Serves until SIGTERM/SIGINT/SIGHUP. `daemon` names the engine's daemon process, in whose
+/// mount namespace the leases must live.
+pub fn serve(daemon: &str) -> Result<()> {
     // setns(2) into a mount namespace refuses multi-threaded callers: do it first. The leases
-    // must live where the engine resolves bind sources: dockerd's mount namespace (host PID 1
-    // may also refuse to be opened, as on some VMs).
-    let host = engine_pid().unwrap_or(1);
+    // must live where the engine resolves bind sources: the daemon's mount namespace (host
+    // PID 1 may also refuse to be opened, as on some VMs).
+    let host = daemon_pid(daemon).unwrap_or(1);
     mount::enter_mount_namespace(host).with_context(|| {
         format!(
             "joining the mount namespace of pid {host} (the agent needs --pid=host, SYS_ADMIN, \
@@ -50,6 +57,11 @@ pub fn serve() -> Result<()> {
         .recursive(true)
         .mode(0o755)
         .create("/run/asme")?;
+    // One agent at a time: a new one waits here until an old one (being replaced, or still
+    // on its way out) has released its leases and exited, so that no agent ever detaches a
+    // lease that another agent's live client holds.
+    let _only_agent =
+        mount::lock_exclusive(Path::new(LOCK)).with_context(|| format!("locking {LOCK}"))?;
     remove_stale_leases()?;
     fs::DirBuilder::new()
         .recursive(true)
@@ -78,12 +90,12 @@ pub fn serve() -> Result<()> {
     Ok(())
 }
 
-/// The docker daemon's pid, seen through --pid=host.
-fn engine_pid() -> Option<u32> {
+/// The engine daemon's pid, seen through --pid=host.
+fn daemon_pid(daemon: &str) -> Option<u32> {
     fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
         let pid = entry.file_name().to_str()?.parse::<u32>().ok()?;
         let comm = fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
-        (comm.trim_end() == "dockerd").then_some(pid)
+        (comm.trim_end() == daemon).then_some(pid)
     })
 }
 
@@ -104,7 +116,9 @@ fn listen(path: &Path) -> Result<UnixListener> {
     Ok(listener)
 }
 
-/// Detaches and removes every lease under [`LEASES`].
+/// Detaches and removes every lease under [`LEASES`]: those of an agent that was killed, and
+/// folders that `docker start` of an old container made where a lease had been (asme used
+/// `-v` for leases before it used `--mount`, which refuses a missing source).
 fn remove_stale_leases() -> io::Result<()> {
     let entries = match fs::read_dir(LEASES) {
         Ok(entries) => entries,
@@ -112,7 +126,17 @@ fn remove_stale_leases() -> io::Result<()> {
         Err(e) => return Err(e),
     };
     for lease in entries {
-        release(&lease?.path());
+        let lease = lease?.path();
+        release(&lease);
+        // What is left is no mount: a folder (and whatever a container wrote into it) or a
+        // file that the engine made. Never remove through a mount that is still attached.
+        for entry in fs::read_dir(&lease).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if mount::is_mount_root(&path).is_ok_and(|mounted| !mounted) {
+                let _ = fs::remove_dir_all(&path).or_else(|_| fs::remove_file(&path));
+            }
+        }
+        let _ = fs::remove_dir(&lease);
     }
     Ok(())
 }
@@ -167,23 +191,28 @@ fn handle(conn: &UnixStream) -> Result<(Response, Option<PathBuf>), Refusal> {
         socket::recv_with_fds(conn, MAX_REQUEST).map_err(|e| failed("reading the request", &e))?;
     // The version comes first: a client of another build may send messages this agent cannot
     // even parse, and must hear "replace me", not "malformed".
-    let value: serde_json::Value = serde_json::from_slice(&data)
-        .map_err(|e| Refusal(ErrorKind::Invalid, format!("malformed request: {e}"), None))?;
-    if value.get("op").and_then(|op| op.as_str()) != Some("ping") {
-        let protocol = value.get("protocol").and_then(|p| p.as_u64()).unwrap_or(0) as u32;
-        let build = value
-            .get("build")
-            .and_then(|b| b.as_str())
-            .unwrap_or_default();
-        same_build(protocol, build)?;
-    }
-    let request: Request = serde_json::from_value(value)
-        .map_err(|e| Refusal(ErrorKind::Invalid, format!("malformed request: {e}"), None))?;
+    let malformed =
+        |e: serde_json::Error| Refusal(ErrorKind::Invalid, format!("malformed request: {e}"), None);
+    let value: serde_json::Value = serde_json::from_slice(&data).map_err(malformed)?;
+    let header = serde_json::from_value::<Header>(value.clone()).unwrap_or(Header {
+        protocol: 0,
+        build: String::new(),
+    });
+    let request: Request = match serde_json::from_value(value) {
+        Ok(Request::Ping) => return Ok((Response::Pong { protocol: PROTOCOL }, None)),
+        // Serves only clients of this very build: any other one replaces the agent.
+        _ if !header.is_ours() => {
+            let message = format!(
+                "client protocol {} build {}, agent protocol {PROTOCOL} build {BUILD}",
+                header.protocol, header.build
+            );
+            return Err(Refusal(ErrorKind::Protocol, message, None));
+        }
+        parsed => parsed.map_err(malformed)?,
+    };
     match request {
-        Request::Ping { .. } => Ok((Response::Pong { protocol: PROTOCOL }, None)),
+        Request::Ping => Ok((Response::Pong { protocol: PROTOCOL }, None)),
         Request::Fix {
-            protocol,
-            build,
             name,
             path,
             owner_uid,
@@ -194,7 +223,6 @@ fn handle(conn: &UnixStream) -> Result<(Response, Option<PathBuf>), Refusal> {
             follow_hardlinks,
             cross_mounts,
         } => {
-            debug_assert!(same_build(protocol, &build).is_ok(), "checked above");
             check_owner(peer, owner_uid, owner_gid)?;
             let [parent] = sources.as_slice() else {
                 return Err(Refusal(
@@ -203,23 +231,23 @@ fn handle(conn: &UnixStream) -> Result<(Response, Option<PathBuf>), Refusal> {
                     None,
                 ));
             };
-            let policy = fix::Policy {
+            let policy = chown::Policy {
                 owner: Owner {
                     uid: owner_uid,
                     gid: owner_gid,
                 },
                 scope: if all {
-                    fix::Scope::All
+                    chown::Scope::All
                 } else {
-                    fix::Scope::OwnedBy {
+                    chown::Scope::OwnedBy {
                         uid: from_uid,
                         gid: from_gid,
                     }
                 },
                 hard_links: if follow_hardlinks {
-                    fix::HardLinks::Follow
+                    chown::HardLinks::Follow
                 } else {
-                    fix::HardLinks::Skip
+                    chown::HardLinks::Skip
                 },
                 cross_mounts,
                 dry_run: false,
@@ -227,14 +255,11 @@ fn handle(conn: &UnixStream) -> Result<(Response, Option<PathBuf>), Refusal> {
             fix_tree(peer, parent, &name, &path, &policy).map(|response| (response, None))
         }
         Request::Prepare {
-            protocol,
-            build,
             container_uid,
             container_gid,
             owner_uid,
             owner_gid,
         } => {
-            debug_assert!(same_build(protocol, &build).is_ok(), "checked above");
             check_owner(peer, owner_uid, owner_gid)?;
             if sources.is_empty() || sources.len() > MAX_SOURCES {
                 let message = format!("expected 1 to {MAX_SOURCES} folders, got {}", sources.len());
@@ -262,7 +287,7 @@ fn fix_tree(
     parent: &OwnedFd,
     name: &[u8],
     path: &str,
-    policy: &fix::Policy,
+    policy: &chown::Policy,
 ) -> Result<Response, Refusal> {
     let invalid = || {
         Refusal(
@@ -299,7 +324,7 @@ fn fix_tree(
             problems.2 += 1;
         }
     };
-    let walked = fix::walk_tree(top, Path::new(path), policy, &report, false)
+    let walked = chown::walk_tree(top, Path::new(path), policy, &report, false)
         .map_err(|e| Refusal(ErrorKind::Failed, format!("{e:#}"), None))?;
     let (mut lines, _, left_out) = problems.into_inner().unwrap_or_else(|e| e.into_inner());
     if left_out > 0 {
@@ -313,17 +338,6 @@ fn fix_tree(
 
 /// How much problem text one `fix` answer carries.
 const MAX_PROBLEM_BYTES: usize = 256 * 1024;
-
-/// Serves only clients of this very build: any other one replaces the agent (ErrorKind::Protocol).
-fn same_build(protocol: u32, build: &str) -> Result<(), Refusal> {
-    if protocol != PROTOCOL || build != BUILD {
-        let message = format!(
-            "client protocol {protocol} build {build}, agent protocol {PROTOCOL} build {BUILD}"
-        );
-        return Err(Refusal(ErrorKind::Protocol, message, None));
-    }
-    Ok(())
-}
 
 /// A peer gets mappings to its own ids only; root may ask for anyone.
 fn check_owner(peer: socket::Peer, owner_uid: u32, owner_gid: u32) -> Result<(), Refusal> {
@@ -389,6 +403,7 @@ fn attach_all(
         let tree = userns.idmapped_tree(source.as_fd()).map_err(|e| {
             let kind = match e.raw_os_error() {
                 Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP) => ErrorKind::Unsupported,
+                Some(libc::EACCES) => ErrorKind::Unreachable,
                 _ => ErrorKind::Failed,
             };
             Refusal(

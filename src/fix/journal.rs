@@ -5,8 +5,11 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde::{Deserialize, Serialize};
+
+use crate::cache::write_atomic;
+use crate::owner::Owner;
 
 /// One pending repair.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -16,8 +19,8 @@ pub struct Pending {
     pub pid: u32,
     pub started: u64,
     /// Whose the entries become, and whose they are given back from (the container's user).
-    pub owner: String,
-    pub from: String,
+    pub owner: Owner,
+    pub from: Owner,
     pub paths: Vec<PathBuf>,
 }
 
@@ -29,12 +32,8 @@ pub struct Entry {
 impl Entry {
     /// Records `pending` in `dir` (the user's cache).
     pub fn write(dir: &Path, pending: &Pending) -> Result<Entry> {
-        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let path = dir.join(format!("{}-{}.json", pending.pid, pending.started));
-        let tmp = path.with_extension("tmp");
-        fs::write(&tmp, serde_json::to_vec(pending)?)
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        fs::rename(&tmp, &path)?;
+        write_atomic(&path, &serde_json::to_vec(pending)?)?;
         Ok(Entry { path })
     }
 
@@ -89,8 +88,8 @@ mod tests {
         let mine = Pending {
             pid,
             started,
-            owner: "1:1".into(),
-            from: "0:0".into(),
+            owner: Owner { uid: 1, gid: 1 },
+            from: Owner { uid: 0, gid: 0 },
             paths: vec!["/x".into()],
         };
         let dead = Pending {

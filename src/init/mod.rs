@@ -12,19 +12,16 @@ use std::io;
 
 use nix::sys::signal::Signal;
 
+use crate::exit::Exit;
 use crate::sys;
-
-/// Exit status when the command cannot be executed (docker's 126/127 convention).
-pub const EXIT_CANNOT_EXECUTE: i32 = 126;
-pub const EXIT_NOT_FOUND: i32 = 127;
 
 /// Runs the container's command as PID 1's child and returns the status to exit with.
 ///
 /// The command's own exec errors are reported like `docker run` reports them, with the same
 /// exit codes, since asme now stands where docker's exec used to.
-pub fn run(argv: &[OsString]) -> i32 {
+pub fn run(argv: &[OsString]) -> Exit {
     match supervise(argv) {
-        Ok(status) => status,
+        Ok(status) => Exit::Status(status),
         Err(InitError::Exec(e)) => {
             let program = argv
                 .first()
@@ -33,16 +30,16 @@ pub fn run(argv: &[OsString]) -> i32 {
             let (what, status) = match e.kind() {
                 io::ErrorKind::NotFound => (
                     "executable file not found in $PATH".to_string(),
-                    EXIT_NOT_FOUND,
+                    Exit::NotFound,
                 ),
-                _ => (e.to_string(), EXIT_CANNOT_EXECUTE),
+                _ => (e.to_string(), Exit::CannotExecute),
             };
             eprintln!("asme: exec \"{program}\": {what}");
             status
         }
         Err(e) => {
             eprintln!("asme: init: {e}");
-            EXIT_CANNOT_EXECUTE
+            Exit::CannotExecute
         }
     }
 }

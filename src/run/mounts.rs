@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::engine::mount_arg::{csv_fields, csv_quote};
 use crate::run::args::{Opt, RunArgs};
 
 /// A host folder (or file) given to the container.
@@ -70,78 +71,62 @@ pub fn bind_mounts(args: &RunArgs) -> Vec<BindMount> {
     binds
 }
 
-/// `args` with each bind mount's source replaced by the matching path of `sources`.
+/// `args` with each bind mount's source replaced by the matching path of `sources`, as a
+/// `--mount type=bind`: a replaced source exists only while asme's run lasts, and `--mount`
+/// makes a later `docker start` of the container fail on the missing source where `-v` would
+/// quietly create an empty root-owned folder there and let the container write into it.
+/// A `-v` whose options `--mount` cannot say (SELinux relabelling `z`/`Z`) stays a `-v`.
 pub fn with_sources(args: &RunArgs, binds: &[BindMount], sources: &[PathBuf]) -> RunArgs {
     let mut out = args.clone();
     for (bind, new) in binds.iter().zip(sources) {
         let opt = &args.opts[bind.opt];
         let value = opt.value.as_deref().expect("bind mounts have values");
         let new = new.to_string_lossy();
-        let value = match bind.kind {
-            BindKind::Volume => format!("{new}{}", &value[bind.source.len()..]),
-            BindKind::Mount => csv_fields(value)
-                .into_iter()
-                .map(|f| match f.split_once('=') {
-                    Some(("source" | "src", _)) => csv_quote(&format!("source={new}")),
-                    _ => csv_quote(&f),
-                })
-                .collect::<Vec<_>>()
-                .join(","),
+        out.opts[bind.opt] = match bind.kind {
+            BindKind::Volume => {
+                let rest = &value[bind.source.len()..];
+                match volume_as_mount(&new, rest) {
+                    Some(mount) => Opt::new("mount", Some(&mount)),
+                    None => Opt::new(opt.flag.long, Some(&format!("{new}{rest}"))),
+                }
+            }
+            BindKind::Mount => {
+                let fields = csv_fields(value)
+                    .into_iter()
+                    .map(|f| match f.split_once('=') {
+                        Some(("source" | "src", _)) => csv_quote(&format!("source={new}")),
+                        _ => csv_quote(&f),
+                    })
+                    .collect::<Vec<_>>();
+                Opt::new("mount", Some(&fields.join(",")))
+            }
         };
-        out.opts[bind.opt] = Opt::new(opt.flag.long, Some(&value));
     }
     out
 }
 
-/// Splits one CSV record the way Go's encoding/csv reads it (docker parses --mount with it):
-/// fields separated by commas, a field in double quotes may hold commas and "" for a quote.
-fn csv_fields(record: &str) -> Vec<String> {
-    let mut fields = Vec::new();
-    let mut field = String::new();
-    let mut chars = record.chars().peekable();
-    let mut quoted = false;
-    while let Some(c) = chars.next() {
-        match (c, quoted) {
-            ('"', false) if field.is_empty() => quoted = true,
-            ('"', true) if chars.peek() == Some(&'"') => {
-                chars.next();
-                field.push('"');
+/// The `--mount` value of `-v SOURCE:DEST[:OPTIONS]`, given SOURCE and the rest
+/// (`:DEST[:OPTIONS]`); `None` where an option has no `--mount` form.
+fn volume_as_mount(source: &str, rest: &str) -> Option<String> {
+    let rest = rest.strip_prefix(':')?;
+    let (dest, options) = rest.split_once(':').unwrap_or((rest, ""));
+    let mut fields = vec![
+        "type=bind".to_string(),
+        csv_quote(&format!("source={source}")),
+        csv_quote(&format!("target={dest}")),
+    ];
+    for option in options.split(',').filter(|o| !o.is_empty()) {
+        match option {
+            "ro" | "readonly" => fields.push("readonly".into()),
+            "rw" => {}
+            "shared" | "rshared" | "slave" | "rslave" | "private" | "rprivate" => {
+                fields.push(format!("bind-propagation={option}"));
             }
-            ('"', true) => quoted = false,
-            (',', false) => fields.push(std::mem::take(&mut field)),
-            (c, _) => field.push(c),
+            "consistent" | "cached" | "delegated" => fields.push(format!("consistency={option}")),
+            _ => return None,
         }
     }
-    fields.push(field);
-    fields
-}
-
-/// Whether a mount may be written through.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Access {
-    ReadOnly,
-    ReadWrite,
-}
-
-/// A `--mount type=bind` value, each field quoted for docker's CSV parser when needed.
-pub fn bind_mount(src: &Path, dst: &Path, access: Access) -> String {
-    let mut value = format!(
-        "type=bind,{},{}",
-        csv_quote(&format!("src={}", src.display())),
-        csv_quote(&format!("dst={}", dst.display()))
-    );
-    if access == Access::ReadOnly {
-        value.push_str(",readonly");
-    }
-    value
-}
-
-fn csv_quote(field: &str) -> String {
-    if field.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", field.replace('"', "\"\""))
-    } else {
-        field.to_string()
-    }
+    Some(fields.join(","))
 }
 
 #[cfg(test)]
@@ -226,25 +211,31 @@ mod tests {
     }
 
     #[test]
-    fn mount_values_survive_docker_csv() {
-        let ro = bind_mount(
-            Path::new("/usr/bin/asme"),
-            Path::new("/.asme-init"),
-            Access::ReadOnly,
+    fn volumes_become_mounts_that_refuse_a_missing_source() {
+        let a = args(&[
+            "-v",
+            "/src:/w",
+            "--volume=./rel:/r:ro,rslave",
+            "-v",
+            "/a,b:/ab:delegated",
+            "img",
+        ]);
+        let binds = bind_mounts(&a);
+        let new = ["/l/0", "/l/1", "/l/a,2"].map(PathBuf::from);
+        assert_eq!(
+            with_sources(&a, &binds, &new).to_argv(),
+            [
+                "--mount",
+                "type=bind,source=/l/0,target=/w",
+                "--mount",
+                "type=bind,source=/l/1,target=/r,readonly,bind-propagation=rslave",
+                "--mount",
+                "type=bind,\"source=/l/a,2\",target=/ab,consistency=delegated",
+                "img",
+            ]
         );
-        assert_eq!(ro, "type=bind,src=/usr/bin/asme,dst=/.asme-init,readonly");
-        let odd = bind_mount(Path::new("/a,b/\"c\""), Path::new("/x"), Access::ReadWrite);
-        assert_eq!(odd, "type=bind,\"src=/a,b/\"\"c\"\"\",dst=/x");
-        // And docker's reading of it gives the path back.
-        assert_eq!(csv_fields(&odd)[1], "src=/a,b/\"c\"");
-    }
-
-    #[test]
-    fn csv_round_trip() {
-        for record in ["a,b", "\"a,b\",c", "\"x\"\"y\",z", "", "k=v"] {
-            let fields = csv_fields(record);
-            let again: Vec<_> = fields.iter().map(|f| csv_quote(f)).collect();
-            assert_eq!(csv_fields(&again.join(",")), fields, "{record}");
-        }
+        // Options that only -v can say keep the -v form.
+        assert_eq!(volume_as_mount("/l/0", ":/w:Z"), None);
+        assert_eq!(volume_as_mount("/l/0", ":/w:nocopy"), None);
     }
 }

@@ -7,12 +7,12 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::engine::mount_arg::{Access, bind_mount};
+use crate::engine::{self, ImageConfig};
 use crate::identity::{self, AccountRequest, PasswdFile};
 use crate::init::probe::{ImageFacts, PathKind};
 use crate::owner::Owner;
 use crate::run::args::RunArgs;
-use crate::run::engine::{self, ImageConfig};
-use crate::run::mounts::{self, Access};
 
 /// Options asme replaces in the user's argv, and why.
 /// - `--entrypoint`: asme is the entrypoint; the user's one is folded into the command.
@@ -235,17 +235,13 @@ pub fn rewrite(args: &RunArgs, command: &[String], inject: &Injection) -> Vec<St
     argv.push(engine::init_mount(inject.exe));
     if let Some((passwd, group)) = &inject.account_files {
         argv.push("--mount".into());
-        argv.push(mounts::bind_mount(
+        argv.push(bind_mount(
             passwd,
             Path::new("/etc/passwd"),
             Access::ReadOnly,
         ));
         argv.push("--mount".into());
-        argv.push(mounts::bind_mount(
-            group,
-            Path::new("/etc/group"),
-            Access::ReadOnly,
-        ));
+        argv.push(bind_mount(group, Path::new("/etc/group"), Access::ReadOnly));
     }
     if let Some((path, uid, gid)) = &inject.home_tmpfs {
         // exec: a HOME may hold tools (pip --user, cargo); nosuid,nodev as docker's own tmpfs.

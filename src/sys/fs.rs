@@ -44,6 +44,38 @@ pub fn open_top(path: &std::path::Path) -> io::Result<OwnedFd> {
     Ok(rustix::fs::open(path, flags, Mode::empty())?)
 }
 
+/// Opens `path` as a handle only (O_PATH, following links: the caller's own view of it), to
+/// pass on or to act relative to. Needs search permission on the way, not read permission.
+pub fn open_path(path: &std::path::Path) -> io::Result<OwnedFd> {
+    Ok(rustix::fs::open(
+        path,
+        OFlags::PATH | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
+/// [`open_path`] of a folder: ENOTDIR for anything else.
+pub fn open_folder_path(path: &std::path::Path) -> io::Result<OwnedFd> {
+    Ok(rustix::fs::open(
+        path,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
+/// Names the mount that `fd` is on: (device, filesystem type, mount id). The mount id is
+/// the kernel's unique one where it has it (Linux 6.8+): device numbers of FUSE and NFS
+/// mounts are reused by later mounts, unique mount ids never are.
+pub fn mount_identity(fd: BorrowedFd<'_>) -> io::Result<(u64, u64, u64)> {
+    use rustix::fs::{StatxFlags, statx};
+    const MNT_ID_UNIQUE: u32 = 0x4000;
+    let want = StatxFlags::MNT_ID | StatxFlags::from_bits_retain(MNT_ID_UNIQUE);
+    let stx = statx(fd, "", AtFlags::EMPTY_PATH, want)?;
+    let dev = (u64::from(stx.stx_dev_major) << 32) | u64::from(stx.stx_dev_minor);
+    let fs_type = rustix::fs::fstatfs(fd)?.f_type as u64;
+    Ok((dev, fs_type, stx.stx_mnt_id))
+}
+
 /// What a walk needs to know of one inode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Inode {

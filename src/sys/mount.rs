@@ -89,6 +89,39 @@ pub fn detach(target: &Path) -> io::Result<()> {
     )?)
 }
 
+/// Whether `path` (not followed if a symlink) is the root of a mount: a lease entry still
+/// attached must never be emptied like a plain folder.
+pub fn is_mount_root(path: &Path) -> io::Result<bool> {
+    use rustix::fs::{AtFlags, CWD, StatxAttributes, StatxFlags, statx};
+    let stx = statx(
+        CWD,
+        path,
+        AtFlags::SYMLINK_NOFOLLOW,
+        StatxFlags::BASIC_STATS,
+    )?;
+    if !stx
+        .stx_attributes_mask
+        .contains(StatxAttributes::MOUNT_ROOT)
+    {
+        // Linux before 5.8 does not say; count it as a mount, so nothing is removed.
+        return Ok(true);
+    }
+    Ok(stx.stx_attributes.contains(StatxAttributes::MOUNT_ROOT))
+}
+
+/// Takes an exclusive lock on the file at `path` (created 0600 if missing), waiting for any
+/// holder; the lock lasts as long as the returned descriptor.
+pub fn lock_exclusive(path: &Path) -> io::Result<OwnedFd> {
+    use rustix::fs::{FlockOperation, Mode, OFlags, flock, open};
+    let fd = open(
+        path,
+        OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )?;
+    flock(&fd, FlockOperation::LockExclusive)?;
+    Ok(fd)
+}
+
 /// Moves this process into the mount namespace of process `pid`.
 ///
 /// # Errors

@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
-use crate::init::probe::ImageFacts;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 /// Bumped when the meaning of a cached file changes.
 const LAYOUT: &str = "v1";
@@ -43,12 +44,13 @@ impl Cache {
         Ok(Cache { root })
     }
 
-    /// The facts of an image, from the cache or else from `fetch` (then cached).
-    pub fn image_facts(
+    /// What is known of an image (immutable for its id), from the cache or else from `fetch`
+    /// (then cached).
+    pub fn image_facts<T: Serialize + DeserializeOwned>(
         &self,
         image_id: &str,
-        fetch: impl FnOnce() -> Result<ImageFacts>,
-    ) -> Result<ImageFacts> {
+        fetch: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
         let Some(path) = self.image_file(image_id) else {
             bail!("unexpected image id '{image_id}'");
         };
@@ -62,12 +64,19 @@ impl Cache {
         Ok(facts)
     }
 
-    /// Where the `fix` strategy's pending repairs are journaled.
     /// Where the fuse strategy's mount points live while a run uses them.
     pub fn mount_dir(&self) -> PathBuf {
         self.root.join("mnt")
     }
 
+    /// Where `asme doctor` tries the strategies when the folder it checks is not writable.
+    pub fn doctor_dir(&self) -> Result<PathBuf> {
+        let dir = self.root.join("doctor");
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(dir)
+    }
+
+    /// Where the `fix` strategy's pending repairs are journaled.
     pub fn pending_dir(&self) -> PathBuf {
         self.root.join("pending")
     }
@@ -123,17 +132,16 @@ impl Cache {
     }
 }
 
-/// Names a mounted filesystem: its device and its type (a device number alone can be reused
-/// by the next FUSE mount).
+/// Names a mount: device, filesystem type and mount id (a device number alone is reused by
+/// the next FUSE or NFS mount).
 fn filesystem_key(fd: BorrowedFd<'_>) -> Option<String> {
-    let stat = rustix::fs::fstat(fd).ok()?;
-    let statfs = rustix::fs::fstatfs(fd).ok()?;
-    Some(format!("{:x}-{:x}", stat.st_dev, statfs.f_type))
+    let (dev, fs_type, mount) = crate::sys::fs::mount_identity(fd).ok()?;
+    Some(format!("{dev:x}-{fs_type:x}-{mount:x}"))
 }
 
 /// Writes a 0644 file through a temporary name and rename(2), so a reader (or a container
 /// mounting it) never sees half a file.
-fn write_atomic(path: &Path, content: &[u8]) -> Result<()> {
+pub fn write_atomic(path: &Path, content: &[u8]) -> Result<()> {
     let dir = path.parent().expect("cache paths have a parent");
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let tmp = dir.join(format!(".tmp-{}", std::process::id()));

@@ -1,0 +1,113 @@
+//! Strategy `idmap`: the container keeps its user; each bind mount is swapped for an
+//! idmapped copy, made by the agent, in which that user's writes are stored as the owner.
+
+use std::os::fd::{AsFd, BorrowedFd};
+
+use super::{Launch, Name, Prepared, Refusal, container_ids, keep::keep_user, open_source};
+use crate::agent::{self, LeaseError, SourceRefusal};
+use crate::fix;
+use crate::run::Context;
+use crate::run::args::RunArgs;
+use crate::run::mounts;
+
+pub fn prepare<'a>(ctx: &'a Context, args: &RunArgs) -> Result<Prepared<'a>, Refusal> {
+    let container = container_ids(ctx, args)?;
+    let binds = mounts::bind_mounts(args);
+    let mut prepared = keep_user(ctx, args);
+    ctx.say(format_args!(
+        "strategy idmap: the container keeps uid {}:{}; in {} bind mount(s) its writes are \
+         stored as {}",
+        container.0,
+        container.1,
+        binds.len(),
+        ctx.owner
+    ));
+    if binds.is_empty() {
+        return Ok(prepared);
+    }
+    super::refuse_root_owner(ctx, Name::Idmap)?;
+    let paths = super::sources(ctx, &binds);
+    let sources = binds
+        .iter()
+        .zip(&paths)
+        .map(|(bind, path)| open_source(path, bind.kind))
+        .collect::<Result<Vec<_>, _>>()?;
+    for (bind, source) in binds.iter().zip(&sources) {
+        if ctx.cache.idmap_unsupported(source.as_fd()) {
+            return Err(Refusal::Source(format!(
+                "{} is on a filesystem that refuses idmapped mounts (remembered)",
+                bind.source
+            )));
+        }
+    }
+    let borrowed: Vec<_> = sources.iter().map(|s| s.as_fd()).collect();
+    let container_ids = (container.0, container.1);
+    let lease = match agent::lease(&ctx.engine, &ctx.exe, &borrowed, container_ids, ctx.owner) {
+        Ok(lease) => lease,
+        Err(LeaseError::Source {
+            why,
+            message,
+            index,
+        }) => {
+            let source = index.and_then(|i| sources.get(i));
+            if let (SourceRefusal::RefusesIdmap, Some(source)) = (why, source) {
+                ctx.cache.remember_idmap_unsupported(source.as_fd());
+            }
+            let what = index
+                .and_then(|i| binds.get(i))
+                .map_or("a bind mount", |b| &b.source);
+            return Err(Refusal::Source(format!("{what}: {message}")));
+        }
+        Err(LeaseError::Other(e)) => return Err(Refusal::Unavailable(e)),
+    };
+    for ((bind, path), source) in binds.iter().zip(&paths).zip(&sources) {
+        let Some(example) = root_owned_folder(source.as_fd()) else {
+            continue;
+        };
+        // Suggest giving them back only where the tree is the user's: never a system folder.
+        let advice = if fix::may_fix(path, ctx.owner) {
+            format!(": give them back with 'asme fix {}'", bind.source)
+        } else {
+            String::new()
+        };
+        eprintln!(
+            "asme: notice: {} holds folders owned by host root (e.g. {example}); inside they \
+             show as nobody and cannot be written, even by root{advice}",
+            bind.source
+        );
+    }
+    prepared.args = mounts::with_sources(args, &binds, &lease.paths);
+    prepared.launch = Launch::Exec { lease: Some(lease) };
+    Ok(prepared)
+}
+
+/// A folder directly in `dir` (or `dir` itself) owned by host root, by name.
+fn root_owned_folder(dir: BorrowedFd<'_>) -> Option<String> {
+    use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+    let is_root_dir = |st: &rustix::fs::Stat| {
+        st.st_uid == 0 && FileType::from_raw_mode(st.st_mode) == FileType::Directory
+    };
+    if rustix::fs::fstat(dir).is_ok_and(|st| is_root_dir(&st)) {
+        return Some(".".into());
+    }
+    let listing = rustix::fs::openat(
+        dir,
+        ".",
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()?;
+    let mut entries = rustix::fs::Dir::read_from(&listing).ok()?;
+    while let Some(Ok(entry)) = entries.next() {
+        let name = entry.file_name();
+        if name == c"." || name == c".." {
+            continue;
+        }
+        if rustix::fs::statat(&listing, name, AtFlags::SYMLINK_NOFOLLOW)
+            .is_ok_and(|st| is_root_dir(&st))
+        {
+            return Some(name.to_string_lossy().into_owned());
+        }
+    }
+    None
+}

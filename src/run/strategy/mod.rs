@@ -1,0 +1,208 @@
+//! The strategies, behind one small interface, and `auto`: one ordered list, used by `asme
+//! run` and by `asme doctor` alike.
+//!
+//! A strategy prepares a run: the docker arguments (bind sources swapped where it maps
+//! them), what asme injects (its init, an account), and how docker is launched. Or it says why
+//! it cannot serve this run, typed, so that `auto` knows whether the next one can. A new
+//! strategy is one file here and one line in [`Name`].
+
+mod fix;
+mod fuse;
+mod idmap;
+mod keep;
+mod user;
+
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Result, bail};
+
+use super::Context;
+use super::args::RunArgs;
+use super::mounts::{self, BindKind};
+use super::plan::Injection;
+use crate::agent::Lease;
+use crate::cli::Strategy;
+
+/// Every strategy, by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Name {
+    /// The owner is root: nothing to map, the container keeps its own user.
+    Keep,
+    Idmap,
+    Fuse,
+    User,
+    Fix,
+}
+
+/// `auto`, in order: the first that can serve the run is used.
+pub const AUTO: [Name; 4] = [Name::Keep, Name::Idmap, Name::Fuse, Name::User];
+
+impl Name {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Name::Keep => "keep",
+            Name::Idmap => "idmap",
+            Name::Fuse => "fuse",
+            Name::User => "user",
+            Name::Fix => "fix",
+        }
+    }
+
+    /// The strategy `--strategy` names; `None` for auto.
+    pub fn chosen(strategy: Strategy) -> Option<Name> {
+        match strategy {
+            Strategy::Auto => None,
+            Strategy::Idmap => Some(Name::Idmap),
+            Strategy::Fuse => Some(Name::Fuse),
+            Strategy::User => Some(Name::User),
+            Strategy::Fix => Some(Name::Fix),
+        }
+    }
+
+    fn prepare<'a>(self, ctx: &'a Context, args: &RunArgs) -> Result<Prepared<'a>, Refusal> {
+        match self {
+            Name::Keep => keep::prepare(ctx, args),
+            Name::Idmap => idmap::prepare(ctx, args),
+            Name::Fuse => fuse::prepare(ctx, args),
+            Name::User => user::prepare(ctx, args),
+            Name::Fix => fix::prepare(ctx, args),
+        }
+    }
+
+    /// Whether `auto` tries this strategy, given why the ones before it could not serve.
+    fn fits(self, ctx: &Context, before: Option<&Refusal>) -> bool {
+        match self {
+            Name::Keep => ctx.owner.uid == 0,
+            // Only where a source needs it: idmap is faster wherever it works.
+            Name::Fuse => {
+                matches!(before, Some(Refusal::Source(_)))
+                    && crate::fs::mount::usable_for_docker().is_ok()
+            }
+            Name::Idmap | Name::User => true,
+            Name::Fix => false,
+        }
+    }
+}
+
+/// What a strategy decided for a run.
+pub struct Prepared<'a> {
+    /// The docker arguments to use (bind sources replaced where the strategy maps them).
+    pub args: RunArgs,
+    pub inject: Injection<'a>,
+    pub launch: Launch<'a>,
+}
+
+/// How docker is started.
+pub enum Launch<'a> {
+    /// asme becomes docker (exec), so tty, signals, `--rm`, `-d` and the exit status are
+    /// docker's own. A lease is kept open across the exec: it ends exactly when docker does.
+    Exec { lease: Option<Lease> },
+    /// docker runs as a child that gets the signals sent to asme; `after` runs once it
+    /// returns, however it ended.
+    Child { after: Box<dyn FnOnce() + 'a> },
+}
+
+/// Why a strategy cannot serve this run.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    /// A bind source that this strategy cannot map but the user can read (its filesystem
+    /// refuses idmapped mounts, or the engine may not reach it): FUSE, run as the user, can.
+    #[error("{0}")]
+    Source(String),
+    /// It cannot work here (no agent, no FUSE, a root owner...): the next one may.
+    #[error(transparent)]
+    Unavailable(anyhow::Error),
+    /// The run itself is wrong (a missing bind source, an unknown --user): no strategy can
+    /// serve it, and docker would refuse it the same way.
+    #[error(transparent)]
+    Fatal(anyhow::Error),
+}
+
+/// Prepares the run with `--strategy` or, for auto, with the first strategy of [`AUTO`] that
+/// can serve it; tells the user (one notice line) when auto passed over one that failed.
+pub fn prepare<'a>(
+    ctx: &'a Context,
+    args: &RunArgs,
+    strategy: Strategy,
+) -> Result<(Name, Prepared<'a>)> {
+    if let Some(name) = Name::chosen(strategy) {
+        return match name.prepare(ctx, args) {
+            Ok(prepared) => Ok((name, prepared)),
+            Err(Refusal::Source(why)) => bail!("{why}"),
+            Err(Refusal::Unavailable(e) | Refusal::Fatal(e)) => Err(e),
+        };
+    }
+    let mut before: Option<(Name, Refusal)> = None;
+    for name in AUTO {
+        if !name.fits(ctx, before.as_ref().map(|(_, why)| why)) {
+            continue;
+        }
+        match name.prepare(ctx, args) {
+            Ok(prepared) => {
+                if let Some((failed, why)) = &before {
+                    eprintln!(
+                        "asme: notice: {} strategy unavailable ({why:#}); using the {} strategy",
+                        failed.as_str(),
+                        name.as_str()
+                    );
+                }
+                return Ok((name, prepared));
+            }
+            Err(Refusal::Fatal(e)) => return Err(e),
+            Err(why) if name == Name::User => return Err(why.into()),
+            Err(why) => {
+                // The first refusal is what the user needs to hear about (fuse after idmap
+                // only ever fails for want of FUSE, said by its own error).
+                if before.is_none() || name != Name::Fuse {
+                    before = Some((name, why));
+                }
+            }
+        }
+    }
+    unreachable!("the user strategy always answers")
+}
+
+/// The uid and gid the container runs as: `--user`, else the image's USER, else root.
+fn container_ids(ctx: &Context, args: &RunArgs) -> Result<(u32, u32), Refusal> {
+    let spec = args.last("user").unwrap_or(&ctx.image.user);
+    super::plan::container_ids(spec, &ctx.facts).map_err(|e| Refusal::Fatal(anyhow::anyhow!(e)))
+}
+
+/// Strategies that map the container's user to the owner never store files as host root.
+fn refuse_root_owner(ctx: &Context, strategy: Name) -> Result<(), Refusal> {
+    if ctx.owner.uid == 0 || ctx.owner.gid == 0 {
+        return Err(Refusal::Unavailable(anyhow::anyhow!(
+            "the {} strategy never stores files as host root; the owner {} is root",
+            strategy.as_str(),
+            ctx.owner
+        )));
+    }
+    Ok(())
+}
+
+/// Opens a bind source as the user (O_PATH: no read permission needed, but every folder on
+/// the way must be searchable by them). A missing `-v` source is created, as docker does,
+/// but owned by the user; a missing `--mount` source is refused, as docker does.
+fn open_source(path: &Path, kind: BindKind) -> Result<OwnedFd, Refusal> {
+    use crate::sys::fs::open_path;
+    let fatal = |e: anyhow::Error| Refusal::Fatal(e);
+    match open_path(path) {
+        Ok(fd) => Ok(fd),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && kind == BindKind::Volume => {
+            std::fs::create_dir_all(path)
+                .map_err(|e| fatal(anyhow::anyhow!("creating {}: {e}", path.display())))?;
+            open_path(path).map_err(|e| fatal(anyhow::anyhow!("opening {}: {e}", path.display())))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(fatal(anyhow::anyhow!(
+            "invalid mount config for type \"bind\": bind source path does not exist: {}",
+            path.display()
+        ))),
+        Err(e) => Err(fatal(anyhow::anyhow!("opening {}: {e}", path.display()))),
+    }
+}
+
+/// Absolute bind sources of `args`, relative ones taken from the working folder.
+fn sources(ctx: &Context, binds: &[mounts::BindMount]) -> Vec<PathBuf> {
+    binds.iter().map(|b| b.absolute_source(&ctx.cwd)).collect()
+}
