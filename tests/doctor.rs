@@ -166,3 +166,37 @@ fn on_a_source_that_refuses_idmap_auto_is_fuse() {
     assert_eq!(report["auto"], "fuse", "{report:#}");
     assert!(leftovers(&mnt).is_empty());
 }
+
+/// Run from a folder the user may not write (here `/`), doctor tries the strategies in asme's
+/// cache instead, says so, and its verdict is what `asme run` does from there.
+#[test]
+fn from_a_folder_the_user_cannot_write_it_tests_elsewhere() {
+    let _lock = one_at_a_time();
+    let user = user1234();
+    let root = std::path::Path::new("/");
+    let run = Run::of(asme_as(user, root, &["doctor", "--json"]));
+    let report: serde_json::Value = serde_json::from_str(&run.stdout)
+        .unwrap_or_else(|e| panic!("no JSON ({e})\n{}", run.explain()));
+    assert_eq!(run.code(), Some(0), "{}", run.explain());
+    assert_eq!(report["path"]["path"], "/", "{report:#}");
+    let tested_in = report["path"]["tested_in"].as_str().unwrap_or_default();
+    assert!(tested_in.starts_with(&user.home), "{report:#}");
+    assert_eq!(report["strategies"]["idmap"]["ok"], true, "{report:#}");
+    assert_eq!(report["auto"], "idmap", "{report:#}");
+    let table = ok(asme_as(user, root, &["doctor"]));
+    assert!(table.contains("not writable by you"), "{table}");
+    // asme run from there does what doctor said.
+    let dir = TestDir::new(user, "doctor-unwritable");
+    let mount = format!("{}:/w", dir.path.display());
+    let mut cmd = asme_as(user, root, &["-v", "run", "--rm", "-v", &mount]);
+    cmd.args([testenv::image("busybox").as_str(), "touch", "/w/f"]);
+    let run = Run::of(cmd);
+    assert_eq!(run.code(), Some(0), "{}", run.explain());
+    assert!(
+        run.stderr.contains("asme: strategy idmap:"),
+        "{}",
+        run.explain()
+    );
+    let left: Vec<_> = fs::read_dir(tested_in).unwrap().collect();
+    assert!(left.is_empty(), "temp folders were left in {tested_in}");
+}

@@ -202,7 +202,11 @@ fn all_dry_run_and_refusals() {
             &["--owner", "1000", "build"],
             "only root can give files to another user",
         ),
-        (&["no-such-dir"], "no-such-dir"),
+        (&["no-such-dir"], "no-such-dir: No such file or directory"),
+        (
+            &["/no/such/path"],
+            "/no/such/path: No such file or directory",
+        ),
         (&["--owner", "bob", "build"], "invalid owner"),
     ];
     let before = listing(&dir.path);
@@ -214,6 +218,33 @@ fn all_dry_run_and_refusals() {
     }
     assert_eq!(listing(&dir.path), before);
     outside.assert_unchanged();
+}
+
+/// `asme fix ... | head -1`: a reader that has what it wanted and closed the pipe is no
+/// error; every tree is still given back, and nothing is said about the pipe.
+#[test]
+fn a_closed_stdout_is_no_error() {
+    let user = user1234();
+    let dir = TestDir::new(user, "fix-pipe");
+    for tree in ["one", "two"] {
+        fs::create_dir(dir.join(tree)).unwrap();
+        fs::write(dir.join(tree).join("f"), "x").unwrap();
+    }
+    // The harness runs as root: the trees' contents stay root's, the trees the user's.
+    for tree in ["one", "two"] {
+        std::os::unix::fs::chown(dir.join(tree), Some(user.uid), Some(user.gid)).unwrap();
+    }
+    let mut cmd = asme_as(user, &dir.path, &["fix", "one", "two"]);
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    cmd.stdout(writer);
+    let run = Run::of(&mut cmd);
+    assert_eq!(run.code(), Some(0), "{}", run.explain());
+    assert_eq!(run.stderr, "", "{}", run.explain());
+    for tree in ["one", "two"] {
+        let meta = fs::metadata(dir.join(tree).join("f")).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (user.uid, user.gid));
+    }
 }
 
 #[test]

@@ -603,3 +603,97 @@ fn agent_stop_removes_it() {
     .ok();
     assert_all_owned(&dir.path, user, 1);
 }
+
+/// A container that `asme run` made is started again by docker alone (`docker start`, a
+/// restart policy): its lease is gone, and docker must refuse it, naming asme, rather than
+/// make an empty root-owned folder where the lease was and let the container write there.
+#[test]
+fn a_container_started_again_without_asme_is_refused() {
+    let _alone = agent_alone();
+    let user = user1234();
+    let dir = TestDir::new(user, "idmap-restart");
+    let name = ContainerName::new("idmap-restart");
+    let mount = format!("{}:/w", dir.path.display());
+    let mut cmd = asme_as(
+        user,
+        &dir.path,
+        &[
+            "--strategy",
+            "idmap",
+            "run",
+            "--name",
+            &name.0,
+            "-v",
+            &mount,
+        ],
+    );
+    cmd.args([image("busybox").as_str(), "sh", "-c", "echo run >> /w/log"]);
+    ok(cmd);
+    assert_no_leases();
+    let mut start = as_user(user, &dir.path);
+    start.args(["docker", "start", "-a", &name.0]);
+    let again = Run::of(start);
+    assert_ne!(again.code(), Some(0), "{}", again.explain());
+    assert!(
+        again.stderr.contains("asme") && again.stderr.contains("asme-run"),
+        "docker's refusal should name asme and what to do: {}",
+        again.explain()
+    );
+    // Nothing was written anywhere: the log has the first run's line only, and no folder
+    // appeared where the lease was.
+    assert_eq!(fs::read_to_string(dir.path.join("log")).unwrap(), "run\n");
+    assert_no_leases();
+}
+
+/// After an engine restart (or a reboot) the agent's container exists but is stopped. Many
+/// runs at once, of two users, must start it once and all use it: none falls back to another
+/// strategy, none fails, and no newly started agent takes a lease away from a live client.
+#[test]
+fn many_runs_start_a_stopped_agent_once() {
+    let _alone = agent_alone();
+    // Make sure the agent exists, then stop it as an engine restart would.
+    let user = user1000();
+    let warm = TestDir::new(user, "idmap-race-warm");
+    let mount = format!("{}:/w", warm.path.display());
+    idmap_run(user, &warm.path, &["-v", &mount, &image("busybox"), "true"]).ok();
+    ok(docker(&["stop", "asme-agent"]));
+
+    let runs: Vec<_> = std::thread::scope(|threads| {
+        let handles: Vec<_> = (0..24)
+            .map(|i| {
+                threads.spawn(move || {
+                    let user = &users()[i % 2];
+                    let dir = TestDir::new(user, &format!("idmap-race-{i}"));
+                    let mount = format!("{}:/w", dir.path.display());
+                    let mut cmd = asme_as(user, &dir.path, &["run", "--rm", "-v", &mount]);
+                    cmd.args([
+                        image("busybox").as_str(),
+                        "sh",
+                        "-c",
+                        "id -u; echo x > /w/f",
+                    ]);
+                    let run = Run::of(cmd);
+                    (user, dir, run)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (user, dir, run) in &runs {
+        assert_eq!(run.code(), Some(0), "{}", run.explain());
+        assert!(
+            !run.stderr.contains("notice"),
+            "fell back: {}",
+            run.explain()
+        );
+        assert_eq!(run.stdout, "0\n", "{}", run.explain());
+        let meta = fs::metadata(dir.path.join("f")).unwrap();
+        assert_eq!(
+            (meta.uid(), meta.gid()),
+            (user.uid, user.gid),
+            "{}",
+            run.explain()
+        );
+    }
+    assert_no_leases();
+}

@@ -376,8 +376,10 @@ fn peer_groups(pid: u32) -> Vec<u32> {
 fn new_lease_dir() -> io::Result<PathBuf> {
     let mut random = [0u8; 8];
     rustix::rand::getrandom(&mut random, rustix::rand::GetRandomFlags::empty())?;
-    let name: String = random.iter().map(|b| format!("{b:02x}")).collect();
-    let dir = Path::new(LEASES).join(name);
+    let id: String = random.iter().map(|b| format!("{b:02x}")).collect();
+    // The name is what docker shows when a container started by `asme run` is started again
+    // without it (its lease gone, `--mount` refuses the missing source): it says what to do.
+    let dir = Path::new(LEASES).join(format!("{id}-start-again-with-asme-run"));
     fs::DirBuilder::new().mode(0o700).create(&dir)?;
     Ok(dir)
 }

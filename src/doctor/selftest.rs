@@ -62,8 +62,9 @@ fn self_test(exe: &Path, strategy: &str, image: &str, dir: &Path, owner: Owner) 
             None => format!("asme run failed ({})", output.status),
         });
     }
-    // `-v` names the strategy that served the run ("asme: strategy NAME: ...").
-    let used = stderr.lines().find_map(|l| {
+    // `-v` names each strategy as it is tried ("asme: strategy NAME: ..."); the last one
+    // served the run.
+    let used = stderr.lines().rev().find_map(|l| {
         let rest = l.strip_prefix("asme: strategy ")?;
         Some(rest.split(':').next()?.to_string())
     });
