@@ -629,6 +629,9 @@ fn a_container_started_again_without_asme_is_refused() {
     );
     cmd.args([image("busybox").as_str(), "sh", "-c", "echo run >> /w/log"]);
     ok(cmd);
+    // The agent releases the lease (detaches, then removes its folder) when it sees the
+    // connection close; poll with a deadline.
+    wait_until(|| fs::read_dir("/run/asme/leases").map_or(true, |mut d| d.next().is_none()));
     assert_no_leases();
     let mut start = as_user(user, &dir.path);
     start.args(["docker", "start", "-a", &name.0]);

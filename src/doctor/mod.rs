@@ -196,7 +196,8 @@ fn examine(program: Program, owner: Owner, path: Option<&Path>) -> Result<Report
             }
         },
     };
-    let in_path = tested_in.as_ref().is_some_and(|t| t.starts_with(&path));
+    let tested_in = tested_in.map(|t| t.parent().map_or(t.clone(), Path::to_path_buf));
+    let in_path = tested_in.as_ref() == Some(&path);
     let fs_type = fs_type(&path);
     Ok(Report {
         engine,
@@ -205,7 +206,7 @@ fn examine(program: Program, owner: Owner, path: Option<&Path>) -> Result<Report
             idmap: in_path.then_some(strategies.idmap.ok),
             path,
             fs_type,
-            tested_in: tested_in.map(|t| t.parent().map_or(t.clone(), Path::to_path_buf)),
+            tested_in,
         },
         fuse,
         security,

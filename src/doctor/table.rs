@@ -29,7 +29,7 @@ pub fn table(report: &Report) -> String {
             "path",
             path.idmap.map_or("-", pass),
             match &path.tested_in {
-                Some(elsewhere) if !elsewhere.starts_with(&path.path) => format!(
+                Some(elsewhere) if *elsewhere != path.path => format!(
                     "{} on {}; not writable by you, so the strategies were tried in {}",
                     path.path.display(),
                     path.fs_type,
