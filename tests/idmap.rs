@@ -137,11 +137,22 @@ fn other_container_ids_keep_their_own_id() {
         &["-v", &mount, &image("debian"), "python3", "-c", script],
     );
     assert!(
-        run.stderr.contains("notice: ") && run.stderr.contains("rootdir"),
+        run.stderr.contains("notice: ")
+            && run.stderr.contains("rootdir")
+            && run.stderr.contains("asme fix"),
         "{}",
         run.explain()
     );
     assert_eq!(run.ok(), "65534\nrefused\n");
+    // A system folder is never suggested for `asme fix`: it is not the user's to take.
+    let run = idmap_run(
+        user,
+        &dir.path,
+        &["-v", "/etc:/x:ro", &image("busybox"), "true"],
+    );
+    assert!(run.stderr.contains("notice: "), "{}", run.explain());
+    assert!(!run.stderr.contains("asme fix"), "{}", run.explain());
+    run.ok();
     let meta = fs::metadata(dir.join("shared/daemon")).unwrap();
     assert_eq!((meta.uid(), meta.gid()), (999, 999));
 }
