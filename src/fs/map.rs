@@ -38,7 +38,7 @@ impl Pairs {
 
 /// Users and groups.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct IdMap {
+pub struct OwnerMap {
     pub users: Pairs,
     pub groups: Pairs,
 }
@@ -57,10 +57,10 @@ pub enum MapError {
     Twice(String),
 }
 
-impl IdMap {
+impl OwnerMap {
     /// The default: `uid`/`gid` (the user who mounts) shown as root. Root's is the identity.
-    pub fn invoker_as_root(uid: u32, gid: u32) -> IdMap {
-        let mut map = IdMap::default();
+    pub fn invoker_as_root(uid: u32, gid: u32) -> OwnerMap {
+        let mut map = OwnerMap::default();
         if uid != 0 {
             map.users.0.push((uid, 0));
         }
@@ -72,16 +72,16 @@ impl IdMap {
 
     /// `source` shown as `mount` (users and groups): how `asme run` maps the owner to the
     /// container's user.
-    pub fn single(source: (u32, u32), mount: (u32, u32)) -> IdMap {
-        IdMap {
+    pub fn single(source: (u32, u32), mount: (u32, u32)) -> OwnerMap {
+        OwnerMap {
             users: Pairs(vec![(source.0, mount.0)]),
             groups: Pairs(vec![(source.1, mount.1)]),
         }
     }
 
     /// Parses SPEC (`a/b:@c/@d:...`), names resolved in the host's passwd and group files.
-    pub fn parse(spec: &str, passwd: &PasswdFile, group: &GroupFile) -> Result<IdMap, MapError> {
-        let mut map = IdMap::default();
+    pub fn parse(spec: &str, passwd: &PasswdFile, group: &GroupFile) -> Result<OwnerMap, MapError> {
+        let mut map = OwnerMap::default();
         for entry in spec.split(':') {
             let Some((from, to)) = entry.split_once('/') else {
                 return Err(MapError::Shape(entry.to_owned()));
@@ -134,7 +134,7 @@ fn group_id(name: &str, group: &GroupFile) -> Result<u32, MapError> {
         .ok_or_else(|| MapError::NoGroup(name.to_owned()))
 }
 
-impl fmt::Display for IdMap {
+impl fmt::Display for OwnerMap {
     /// Back in SPEC syntax, numbers only (what `mount` shows and `asme run` passes on).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let users = self.users.0.iter().map(|(s, m)| format!("{s}/{m}"));
@@ -158,7 +158,7 @@ mod tests {
     #[test]
     fn names_and_numbers() {
         let (p, g) = files();
-        let map = IdMap::parse("alice/root:@alice/@0:7/8:@staff/@9", &p, &g).unwrap();
+        let map = OwnerMap::parse("alice/root:@alice/@0:7/8:@staff/@9", &p, &g).unwrap();
         assert_eq!(map.users.to_mount(1234), 0);
         assert_eq!(map.users.to_source(0), 1234);
         assert_eq!(map.users.to_mount(7), 8);
@@ -171,7 +171,7 @@ mod tests {
     #[test]
     fn unmapped_ids_pass_through_both_ways() {
         let (p, g) = files();
-        let map = IdMap::parse("1234/0", &p, &g).unwrap();
+        let map = OwnerMap::parse("1234/0", &p, &g).unwrap();
         // Source root is not named: it stays root, and uid 1234 in the mount stays 1234.
         assert_eq!(map.users.to_mount(0), 0);
         assert_eq!(map.users.to_source(1234), 1234);
@@ -182,17 +182,17 @@ mod tests {
 
     #[test]
     fn default_map_is_the_invoker_as_root() {
-        let map = IdMap::invoker_as_root(1000, 1000);
+        let map = OwnerMap::invoker_as_root(1000, 1000);
         assert_eq!(map.users.to_mount(1000), 0);
         assert_eq!(map.groups.to_source(0), 1000);
         assert_eq!(map.to_string(), "1000/0:@1000/@0");
-        assert!(IdMap::invoker_as_root(0, 0).users.is_empty());
+        assert!(OwnerMap::invoker_as_root(0, 0).users.is_empty());
     }
 
     #[test]
     fn bad_specs_are_refused() {
         let (p, g) = files();
-        let bad = |s: &str| IdMap::parse(s, &p, &g).unwrap_err();
+        let bad = |s: &str| OwnerMap::parse(s, &p, &g).unwrap_err();
         assert_eq!(bad(""), MapError::Shape(String::new()));
         assert_eq!(bad("1234"), MapError::Shape("1234".into()));
         assert_eq!(bad("1/2/3"), MapError::Shape("1/2/3".into()));

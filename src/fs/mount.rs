@@ -17,7 +17,7 @@ use nix::sys::signal::{SigSet, SigmaskHow, Signal, sigprocmask};
 use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
 
-use super::map::IdMap;
+use super::map::OwnerMap;
 use super::{MappedFs, Settings};
 use crate::identity::{GroupFile, PasswdFile};
 
@@ -115,8 +115,8 @@ pub fn main(req: &MountRequest) -> Result<()> {
     let options = parse_options(&req.options)?;
     let (uid, gid) = crate::sys::real_ids();
     let map = match &req.map {
-        Some(spec) => IdMap::parse(spec, &host_passwd(), &host_group())?,
-        None => IdMap::invoker_as_root(uid, gid),
+        Some(spec) => OwnerMap::parse(spec, &host_passwd(), &host_group())?,
+        None => OwnerMap::invoker_as_root(uid, gid),
     };
     let source = open_source(&req.source)?;
     let mountpoint = std::path::absolute(&req.mountpoint)
@@ -280,7 +280,7 @@ pub fn usable_for_docker() -> Result<()> {
 
 /// A detached `asme mount` of `source` at `mountpoint` (which must exist), with `map`:
 /// what `asme run`'s fuse strategy starts for each bind source.
-pub fn spawn_server(exe: &Path, map: &IdMap, source: &Path, mountpoint: &Path) -> Result<()> {
+pub fn spawn_server(exe: &Path, map: &OwnerMap, source: &Path, mountpoint: &Path) -> Result<()> {
     let args = [
         "--map".into(),
         map.to_string().into(),

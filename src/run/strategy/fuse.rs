@@ -29,7 +29,7 @@ pub fn prepare<'a>(ctx: &'a Context, args: &RunArgs) -> Result<Prepared<'a>, Ref
         binds.len(),
         ctx.owner
     ));
-    let map = fs::map::IdMap::single((ctx.owner.uid, ctx.owner.gid), container);
+    let map = fs::map::OwnerMap::single((ctx.owner.uid, ctx.owner.gid), container);
     let mut mounted = FuseMounts(Vec::new());
     for (i, (bind, source)) in binds.iter().zip(super::sources(ctx, &binds)).enumerate() {
         // Checks it, and creates a missing `-v` source as the owner, as docker would.
