@@ -55,9 +55,8 @@ fn parse_id(field: &str) -> Option<u32> {
     field.parse::<u32>().ok().filter(|&id| id != u32::MAX)
 }
 
-impl PasswdEntry {
-    /// Parses one line (a trailing `\n` or `\r\n` is allowed); `None` if it is not an entry.
-    pub fn parse_line(line: &str) -> Option<PasswdEntry> {
+impl Entry for PasswdEntry {
+    fn parse_line(line: &str) -> Option<PasswdEntry> {
         let f = entry_fields(line, 7)?;
         Some(PasswdEntry {
             name: f[0].to_owned(),
@@ -70,8 +69,7 @@ impl PasswdEntry {
         })
     }
 
-    /// Formats the entry as one line without its line end.
-    pub fn to_line(&self) -> String {
+    fn to_line(&self) -> String {
         let PasswdEntry {
             name,
             password,
@@ -83,11 +81,14 @@ impl PasswdEntry {
         } = self;
         format!("{name}:{password}:{uid}:{gid}:{gecos}:{home}:{shell}")
     }
+
+    fn key(&self) -> (u32, &str) {
+        (self.uid, &self.name)
+    }
 }
 
-impl GroupEntry {
-    /// Parses one line (a trailing `\n` or `\r\n` is allowed); `None` if it is not an entry.
-    pub fn parse_line(line: &str) -> Option<GroupEntry> {
+impl Entry for GroupEntry {
+    fn parse_line(line: &str) -> Option<GroupEntry> {
         let f = entry_fields(line, 4)?;
         Some(GroupEntry {
             name: f[0].to_owned(),
@@ -101,8 +102,7 @@ impl GroupEntry {
         })
     }
 
-    /// Formats the entry as one line without its line end.
-    pub fn to_line(&self) -> String {
+    fn to_line(&self) -> String {
         format!(
             "{}:{}:{}:{}",
             self.name,
@@ -110,6 +110,10 @@ impl GroupEntry {
             self.gid,
             self.members.join(",")
         )
+    }
+
+    fn key(&self) -> (u32, &str) {
+        (self.gid, &self.name)
     }
 }
 
@@ -139,45 +143,77 @@ impl RawLines {
     }
 }
 
-/// A passwd file that keeps every original line verbatim (comments, blank, malformed and
-/// NIS `+`/`-` lines) so that editing it is lossless.
-#[derive(Debug, Clone, Default)]
-pub struct PasswdFile {
-    lines: RawLines,
-    entries: Vec<PasswdEntry>,
+/// One entry of an account file: a passwd or a group line.
+pub trait Entry: Sized {
+    /// Parses one line (a trailing `\n` or `\r\n` is allowed); `None` if it is not an entry.
+    fn parse_line(line: &str) -> Option<Self>;
+    /// Formats the entry as one line without its line end.
+    fn to_line(&self) -> String;
+    /// What lookups match: the uid or gid, and the name.
+    fn key(&self) -> (u32, &str);
 }
 
-impl PasswdFile {
+/// An account file that keeps every original line verbatim (comments, blank, malformed and
+/// NIS `+`/`-` lines) so that editing it is lossless.
+#[derive(Debug, Clone)]
+pub struct AccountFile<E> {
+    lines: RawLines,
+    entries: Vec<E>,
+}
+
+/// /etc/passwd.
+pub type PasswdFile = AccountFile<PasswdEntry>;
+/// /etc/group.
+pub type GroupFile = AccountFile<GroupEntry>;
+
+impl<E> Default for AccountFile<E> {
+    fn default() -> Self {
+        AccountFile {
+            lines: RawLines::default(),
+            entries: Vec::new(),
+        }
+    }
+}
+
+impl<E: Entry> AccountFile<E> {
     /// Parses the text; lines that are not entries are kept but never matched.
     pub fn parse(text: &str) -> Self {
         let lines = RawLines::parse(text);
-        let entries = lines
-            .0
-            .iter()
-            .filter_map(|l| PasswdEntry::parse_line(l))
-            .collect();
-        PasswdFile { lines, entries }
+        let entries = lines.0.iter().filter_map(|l| E::parse_line(l)).collect();
+        AccountFile { lines, entries }
     }
 
     /// The entries in file order.
-    pub fn entries(&self) -> impl Iterator<Item = &PasswdEntry> {
+    pub fn entries(&self) -> impl Iterator<Item = &E> {
         self.entries.iter()
     }
 
-    /// The first entry with this uid, as getpwuid(3) would return.
-    pub fn by_uid(&self, uid: u32) -> Option<&PasswdEntry> {
-        self.entries.iter().find(|e| e.uid == uid)
+    /// The first entry with this uid or gid, as getpwuid(3) and getgrgid(3) return.
+    pub fn by_id(&self, id: u32) -> Option<&E> {
+        self.entries.iter().find(|e| e.key().0 == id)
     }
 
-    /// The first entry with this name, as getpwnam(3) would return.
-    pub fn by_name(&self, name: &str) -> Option<&PasswdEntry> {
-        self.entries.iter().find(|e| e.name == name)
+    /// The first entry with this name, as getpwnam(3) and getgrnam(3) return.
+    pub fn by_name(&self, name: &str) -> Option<&E> {
+        self.entries.iter().find(|e| e.key().1 == name)
     }
 
     /// Appends an entry as a new last line.
-    pub fn push(&mut self, e: PasswdEntry) {
+    pub fn push(&mut self, e: E) {
         self.lines.push(e.to_line());
         self.entries.push(e);
+    }
+
+    /// The file's text: the original lines unchanged, then the pushed ones.
+    pub fn render(&self) -> String {
+        self.lines.render()
+    }
+}
+
+impl PasswdFile {
+    /// The first entry with this uid.
+    pub fn by_uid(&self, uid: u32) -> Option<&PasswdEntry> {
+        self.by_id(uid)
     }
 
     /// Points the first entry with `uid` at another home folder, rewriting only its line.
@@ -201,56 +237,12 @@ impl PasswdFile {
             e.home = home.to_string();
         }
     }
-
-    /// The file's text: the original lines unchanged, then the pushed ones.
-    pub fn render(&self) -> String {
-        self.lines.render()
-    }
-}
-
-/// A group file that keeps every original line verbatim, like [`PasswdFile`].
-#[derive(Debug, Clone, Default)]
-pub struct GroupFile {
-    lines: RawLines,
-    entries: Vec<GroupEntry>,
 }
 
 impl GroupFile {
-    /// Parses the text; lines that are not entries are kept but never matched.
-    pub fn parse(text: &str) -> Self {
-        let lines = RawLines::parse(text);
-        let entries = lines
-            .0
-            .iter()
-            .filter_map(|l| GroupEntry::parse_line(l))
-            .collect();
-        GroupFile { lines, entries }
-    }
-
-    /// The entries in file order.
-    pub fn entries(&self) -> impl Iterator<Item = &GroupEntry> {
-        self.entries.iter()
-    }
-
-    /// The first entry with this gid, as getgrgid(3) would return.
+    /// The first entry with this gid.
     pub fn by_gid(&self, gid: u32) -> Option<&GroupEntry> {
-        self.entries.iter().find(|e| e.gid == gid)
-    }
-
-    /// The first entry with this name, as getgrnam(3) would return.
-    pub fn by_name(&self, name: &str) -> Option<&GroupEntry> {
-        self.entries.iter().find(|e| e.name == name)
-    }
-
-    /// Appends an entry as a new last line.
-    pub fn push(&mut self, e: GroupEntry) {
-        self.lines.push(e.to_line());
-        self.entries.push(e);
-    }
-
-    /// The file's text: the original lines unchanged, then the pushed ones.
-    pub fn render(&self) -> String {
-        self.lines.render()
+        self.by_id(gid)
     }
 
     /// The gids of groups listing `user` as a member, in file order, as initgroups(3) finds.

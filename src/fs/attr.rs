@@ -1,22 +1,18 @@
 //! Attributes: SOURCE's stat shown with mapped owners (`FileAttr`), SETATTR (mode, owner
 //! through the map, size, times), and the conversions between the kernel's and FUSE's types.
-//!
-//! The `*_op` methods take the request's own arguments, as fuser's `Filesystem` trait
-//! gives them (the trait methods in `mod.rs` only hand them on).
-#![allow(clippy::too_many_arguments)]
 
 #[allow(unused_imports)]
 use super::*;
 
 /// What a SETATTR asks for (ids as the mount shows them).
 pub(super) struct AttrChange {
-    mode: Option<u32>,
-    uid: Option<u32>,
-    gid: Option<u32>,
-    size: Option<u64>,
-    atime: Option<TimeOrNow>,
-    mtime: Option<TimeOrNow>,
-    fh: Option<FileHandle>,
+    pub(super) mode: Option<u32>,
+    pub(super) uid: Option<u32>,
+    pub(super) gid: Option<u32>,
+    pub(super) size: Option<u64>,
+    pub(super) atime: Option<TimeOrNow>,
+    pub(super) mtime: Option<TimeOrNow>,
+    pub(super) fh: Option<FileHandle>,
 }
 
 pub(super) fn proc_path(fd: RawFd) -> CString {
@@ -171,36 +167,35 @@ impl MappedFs {
         }
     }
 
+    /// Answers with attributes, or the error.
+    pub(super) fn reply_attr(&self, reply: ReplyAttr, result: Result<FileAttr>) {
+        match result {
+            Ok(attr) => reply.attr(&self.settings.ttl, &attr),
+            Err(e) => reply.error(e),
+        }
+    }
+
     pub(super) fn stat_node(&self, node: &Node) -> Result<FileAttr> {
         let st = rustix::fs::fstat(&*self.fd(node)?).map_err(errno)?;
         Ok(self.attr(&st))
     }
 
     pub(super) fn set_attr(&self, node: &Node, change: AttrChange) -> Result<FileAttr> {
-        let AttrChange {
-            mode,
-            uid,
-            gid,
-            size,
-            atime,
-            mtime,
-            fh,
-        } = change;
         let path_fd = self.fd(node)?;
-        if let Some(mode) = mode {
+        if let Some(mode) = change.mode {
             chmod_fd(path_fd.as_fd(), mode & 0o7777).map_err(errno)?;
         }
-        if uid.is_some() || gid.is_some() {
+        if change.uid.is_some() || change.gid.is_some() {
             let map = &self.settings.map;
-            let uid = uid.map(|u| map.users.to_source(u));
-            let gid = gid.map(|g| map.groups.to_source(g));
+            let uid = change.uid.map(|u| map.users.to_source(u));
+            let gid = change.gid.map(|g| map.groups.to_source(g));
             chown_fd(path_fd.as_fd(), uid, gid).map_err(errno)?;
         }
-        if let Some(size) = size {
+        if let Some(size) = change.size {
             // A handle comes only with ftruncate, so it is a file's descriptor (for a folder
             // the handle would be a `dirs` id, but folders are never truncated).
             let opened;
-            let file = match fh {
+            let file = match change.fh {
                 Some(fh) => borrow_fh(fh),
                 None => {
                     opened = self.reopen(node, OFlags::WRONLY | OFlags::CLOEXEC)?;
@@ -209,10 +204,10 @@ impl MappedFs {
             };
             rustix::fs::ftruncate(file, size).map_err(errno)?;
         }
-        if atime.is_some() || mtime.is_some() {
+        if change.atime.is_some() || change.mtime.is_some() {
             let times = Timestamps {
-                last_access: timespec(atime),
-                last_modification: timespec(mtime),
+                last_access: timespec(change.atime),
+                last_modification: timespec(change.mtime),
             };
             // The magic link of the O_PATH descriptor is the object itself, symlinks included.
             rustix::fs::utimensat(
@@ -224,41 +219,5 @@ impl MappedFs {
             .map_err(errno)?;
         }
         self.stat_node(node)
-    }
-
-    pub(super) fn setattr_op(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        mode: Option<u32>,
-        uid: Option<u32>,
-        gid: Option<u32>,
-        size: Option<u64>,
-        atime: Option<TimeOrNow>,
-        mtime: Option<TimeOrNow>,
-        _ctime: Option<SystemTime>,
-        fh: Option<FileHandle>,
-        _crtime: Option<SystemTime>,
-        _chgtime: Option<SystemTime>,
-        _bkuptime: Option<SystemTime>,
-        _flags: Option<fuser::BsdFileFlags>,
-        reply: ReplyAttr,
-    ) {
-        let result = self.node(ino).and_then(|n| {
-            let change = AttrChange {
-                mode,
-                uid,
-                gid,
-                size,
-                atime,
-                mtime,
-                fh,
-            };
-            self.set_attr(&n, change)
-        });
-        match result {
-            Ok(attr) => reply.attr(&self.settings.ttl, &attr),
-            Err(e) => reply.error(e),
-        }
     }
 }

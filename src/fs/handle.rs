@@ -103,7 +103,6 @@ impl MappedFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
         flags: i32,
         reply: ReplyCreate,
     ) {
@@ -161,17 +160,7 @@ impl MappedFs {
         }
     }
 
-    pub(super) fn read_op(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        offset: u64,
-        size: u32,
-        _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
-        reply: ReplyData,
-    ) {
+    pub(super) fn read_op(&self, fh: FileHandle, offset: u64, size: u32, reply: ReplyData) {
         let mut buf = vec![0u8; size as usize];
         match rustix::io::pread(borrow_fh(fh), &mut buf, offset) {
             Ok(n) => reply.data(&buf[..n]),
@@ -179,34 +168,14 @@ impl MappedFs {
         }
     }
 
-    pub(super) fn write_op(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        offset: u64,
-        data: &[u8],
-        _write_flags: WriteFlags,
-        _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
-        reply: ReplyWrite,
-    ) {
+    pub(super) fn write_op(&self, fh: FileHandle, offset: u64, data: &[u8], reply: ReplyWrite) {
         match rustix::io::pwrite(borrow_fh(fh), data, offset) {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(errno(e)),
         }
     }
 
-    pub(super) fn release_op(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        fh: FileHandle,
-        _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
-        _flush: bool,
-        reply: ReplyEmpty,
-    ) {
+    pub(super) fn release_op(&self, ino: INodeNo, fh: FileHandle, reply: ReplyEmpty) {
         if fh.0 & PASSTHROUGH_FH != 0 {
             self.release_backing(ino);
         }
@@ -216,8 +185,6 @@ impl MappedFs {
 
     pub(super) fn fallocate_op(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         length: u64,
@@ -229,15 +196,7 @@ impl MappedFs {
         reply_empty(reply, result);
     }
 
-    pub(super) fn lseek_op(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        offset: i64,
-        whence: i32,
-        reply: ReplyLseek,
-    ) {
+    pub(super) fn lseek_op(&self, fh: FileHandle, offset: i64, whence: i32, reply: ReplyLseek) {
         let pos = match whence {
             libc::SEEK_DATA => rustix::fs::SeekFrom::Data(offset as u64),
             libc::SEEK_HOLE => rustix::fs::SeekFrom::Hole(offset as u64),
@@ -254,15 +213,11 @@ impl MappedFs {
 
     pub(super) fn copy_file_range_op(
         &self,
-        _req: &Request,
-        _ino_in: INodeNo,
         fh_in: FileHandle,
         offset_in: u64,
-        _ino_out: INodeNo,
         fh_out: FileHandle,
         offset_out: u64,
         len: u64,
-        _flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
         let (mut off_in, mut off_out) = (offset_in, offset_out);

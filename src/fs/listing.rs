@@ -81,89 +81,80 @@ impl MappedFs {
         Ok(entries)
     }
 
-    pub(super) fn readdir_op(
+    /// Runs `list` over the entries of open folder `fh` (read again when `offset` is 0).
+    fn with_entries(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
-        mut reply: ReplyDirectory,
-    ) {
-        let dir = match self.dir_handle(fh) {
-            Ok(dir) => dir,
-            Err(e) => return reply.error(e),
-        };
-        let entries = match self.entries(&dir, offset) {
-            Ok(entries) => entries,
-            Err(e) => return reply.error(e),
-        };
-        for (i, e) in entries.iter().enumerate().skip(offset as usize) {
-            let next = i as u64 + 1;
-            if reply.add(
-                INodeNo(e.ino),
-                next,
-                e.kind,
-                OsStr::from_bytes(e.name.as_bytes()),
-            ) {
-                break;
-            }
-        }
-        reply.ok();
+        list: impl FnOnce(&[DirEntry]) -> Result<()>,
+    ) -> Result<()> {
+        let dir = self.dir_handle(fh)?;
+        let entries = self.entries(&dir, offset)?;
+        list(&entries)
     }
 
+    pub(super) fn readdir_op(&self, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let listed = self.with_entries(fh, offset, |entries| {
+            for (i, e) in entries.iter().enumerate().skip(offset as usize) {
+                let name = OsStr::from_bytes(e.name.as_bytes());
+                if reply.add(INodeNo(e.ino), i as u64 + 1, e.kind, name) {
+                    break;
+                }
+            }
+            Ok(())
+        });
+        match listed {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    /// READDIRPLUS: each entry with its attributes, looked up as LOOKUP does (so each one the
+    /// kernel keeps holds a reference).
     pub(super) fn readdirplus_op(
         &self,
-        _req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let dir = match self.dir_handle(fh) {
-            Ok(dir) => dir,
-            Err(e) => return reply.error(e),
-        };
-        let entries = match self.entries(&dir, offset) {
-            Ok(entries) => entries,
-            Err(e) => return reply.error(e),
-        };
         let ttl = self.settings.ttl;
-        for (i, e) in entries.iter().enumerate().skip(offset as usize) {
-            let next = i as u64 + 1;
-            let name = OsStr::from_bytes(e.name.as_bytes());
-            if name == "." || name == ".." {
-                // The kernel links no entry (and takes no reference) for these names; the
-                // number is what readdir(3) shows, and glibc drops entries numbered 0.
-                let attr = FileAttr {
-                    ino: INodeNo(e.ino),
-                    ..placeholder_attr(e.kind)
+        let listed = self.with_entries(fh, offset, |entries| {
+            for (i, e) in entries.iter().enumerate().skip(offset as usize) {
+                let next = i as u64 + 1;
+                let name = OsStr::from_bytes(e.name.as_bytes());
+                if name == "." || name == ".." {
+                    // The kernel links no entry (and takes no reference) for these names; the
+                    // number is what readdir(3) shows, and glibc drops entries numbered 0.
+                    let attr = FileAttr {
+                        ino: INodeNo(e.ino),
+                        ..placeholder_attr(e.kind)
+                    };
+                    let zero = Duration::ZERO;
+                    if reply.add(INodeNo(e.ino), next, name, &zero, &attr, Generation(0)) {
+                        break;
+                    }
+                    continue;
+                }
+                let attr = match self.lookup_entry(ino, name) {
+                    Ok(attr) => attr,
+                    Err(Errno::ENOENT) => continue, // gone since the folder was read
+                    // Any other failure must not shorten the listing silently: what was added
+                    // goes now, and the kernel asks again from here (or gets the error).
+                    Err(e) if i == offset as usize => return Err(e),
+                    Err(_) => break,
                 };
-                if reply.add(
-                    INodeNo(e.ino),
-                    next,
-                    name,
-                    &Duration::ZERO,
-                    &attr,
-                    Generation(0),
-                ) {
+                if reply.add(attr.ino, next, name, &ttl, &attr, Generation(0)) {
+                    // Not sent: the reference just counted is not the kernel's.
+                    self.nodes.forget(attr.ino.0, 1);
                     break;
                 }
-                continue;
             }
-            let attr = match self.lookup_entry(ino, name) {
-                Ok(attr) => attr,
-                Err(Errno::ENOENT) => continue, // gone since the folder was read
-                // Any other failure must not shorten the listing silently: what was added
-                // goes now, and the kernel asks again from here (or gets the error).
-                Err(e) if i == offset as usize => return reply.error(e),
-                Err(_) => break,
-            };
-            if reply.add(attr.ino, next, name, &ttl, &attr, Generation(0)) {
-                // Not sent: the reference just counted is not the kernel's.
-                self.nodes.forget(attr.ino.0, 1);
-                break;
-            }
+            Ok(())
+        });
+        match listed {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
         }
-        reply.ok();
     }
 }

@@ -162,10 +162,7 @@ impl Filesystem for MappedFs {
         // The node's descriptor stats even an unlinked file, so the handle is not needed.
         let _ = fh;
         let result = self.node(ino).and_then(|n| self.stat_node(&n));
-        match result {
-            Ok(attr) => reply.attr(&self.settings.ttl, &attr),
-            Err(e) => reply.error(e),
-        }
+        self.reply_attr(reply, result);
     }
 
     fn setattr(
@@ -186,10 +183,17 @@ impl Filesystem for MappedFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        self.setattr_op(
-            _req, ino, mode, uid, gid, size, atime, mtime, _ctime, fh, _crtime, _chgtime,
-            _bkuptime, _flags, reply,
-        )
+        let change = AttrChange {
+            mode,
+            uid,
+            gid,
+            size,
+            atime,
+            mtime,
+            fh,
+        };
+        let result = self.node(ino).and_then(|n| self.set_attr(&n, change));
+        self.reply_attr(reply, result);
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
@@ -212,7 +216,12 @@ impl Filesystem for MappedFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        self.mknod_op(req, parent, name, mode, _umask, rdev, reply)
+        let result = self.make_node(req, parent, name, |dir| {
+            let kind = rustix::fs::FileType::from_raw_mode(mode);
+            let perm = Mode::from_raw_mode(mode & 0o7777);
+            rustix::fs::mknodat(dir, name, kind, perm, decode_dev(rdev))
+        });
+        self.reply_entry(reply, result);
     }
 
     fn mkdir(
@@ -254,7 +263,10 @@ impl Filesystem for MappedFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        self.symlink_op(req, parent, link_name, target, reply)
+        let result = self.make_node(req, parent, link_name, |dir| {
+            rustix::fs::symlinkat(target, dir, link_name)
+        });
+        self.reply_entry(reply, result);
     }
 
     fn rename(
@@ -267,7 +279,10 @@ impl Filesystem for MappedFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        self.rename_op(_req, parent, name, newparent, newname, flags, reply)
+        reply_empty(
+            reply,
+            self.rename_entry((parent, name), (newparent, newname), flags),
+        )
     }
 
     fn link(
@@ -278,7 +293,7 @@ impl Filesystem for MappedFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        self.link_op(_req, ino, newparent, newname, reply)
+        self.reply_entry(reply, self.link_entry(ino, (newparent, newname)))
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -299,7 +314,7 @@ impl Filesystem for MappedFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        self.read_op(_req, _ino, fh, offset, size, _flags, _lock_owner, reply)
+        self.read_op(fh, offset, size, reply)
     }
 
     fn write(
@@ -314,17 +329,7 @@ impl Filesystem for MappedFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        self.write_op(
-            _req,
-            _ino,
-            fh,
-            offset,
-            data,
-            _write_flags,
-            _flags,
-            _lock_owner,
-            reply,
-        )
+        self.write_op(fh, offset, data, reply)
     }
 
     fn flush(
@@ -351,7 +356,7 @@ impl Filesystem for MappedFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.release_op(_req, ino, fh, _flags, _lock_owner, _flush, reply)
+        self.release_op(ino, fh, reply)
     }
 
     fn fsync(
@@ -386,7 +391,7 @@ impl Filesystem for MappedFs {
         offset: u64,
         reply: ReplyDirectory,
     ) {
-        self.readdir_op(_req, _ino, fh, offset, reply)
+        self.readdir_op(fh, offset, reply)
     }
 
     fn readdirplus(
@@ -397,7 +402,7 @@ impl Filesystem for MappedFs {
         offset: u64,
         reply: ReplyDirectoryPlus,
     ) {
-        self.readdirplus_op(_req, ino, fh, offset, reply)
+        self.readdirplus_op(ino, fh, offset, reply)
     }
 
     fn releasedir(
@@ -461,19 +466,19 @@ impl Filesystem for MappedFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        self.setxattr_op(_req, ino, name, value, flags, _position, reply)
+        reply_empty(reply, self.set_xattr(ino, name, value, flags))
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        self.getxattr_op(_req, ino, name, size, reply)
+        reply_xattr(reply, self.get_xattr(ino, name, size))
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        self.listxattr_op(_req, ino, size, reply)
+        reply_xattr(reply, self.list_xattr(ino, size))
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.removexattr_op(_req, ino, name, reply)
+        reply_empty(reply, self.remove_xattr(ino, name))
     }
 
     fn create(
@@ -486,7 +491,7 @@ impl Filesystem for MappedFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        self.create_op(req, parent, name, mode, _umask, flags, reply)
+        self.create_op(req, parent, name, mode, flags, reply)
     }
 
     fn fallocate(
@@ -499,7 +504,7 @@ impl Filesystem for MappedFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        self.fallocate_op(_req, _ino, fh, offset, length, mode, reply)
+        self.fallocate_op(fh, offset, length, mode, reply)
     }
 
     fn lseek(
@@ -511,7 +516,7 @@ impl Filesystem for MappedFs {
         whence: i32,
         reply: ReplyLseek,
     ) {
-        self.lseek_op(_req, _ino, fh, offset, whence, reply)
+        self.lseek_op(fh, offset, whence, reply)
     }
 
     fn copy_file_range(
@@ -527,9 +532,7 @@ impl Filesystem for MappedFs {
         _flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
-        self.copy_file_range_op(
-            _req, _ino_in, fh_in, offset_in, _ino_out, fh_out, offset_out, len, _flags, reply,
-        )
+        self.copy_file_range_op(fh_in, offset_in, fh_out, offset_out, len, reply)
     }
 }
 
@@ -544,6 +547,14 @@ fn descriptor_budget() -> usize {
         .current
         .unwrap_or(1 << 20);
     (limit / 2).min(1 << 20) as usize
+}
+
+fn reply_xattr(reply: ReplyXattr, result: Result<xattr::XattrValue>) {
+    match result {
+        Ok(xattr::XattrValue::Size(n)) => reply.size(n),
+        Ok(xattr::XattrValue::Data(data)) => reply.data(&data),
+        Err(e) => reply.error(e),
+    }
 }
 
 fn reply_empty(reply: ReplyEmpty, result: Result<()>) {

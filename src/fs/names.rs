@@ -1,9 +1,5 @@
 //! Names: making and linking entries (MKNOD, SYMLINK, LINK, RENAME), adopting what was made
 //! into the inode table, giving it to its creator, and keeping nodes whose names are gone.
-//!
-//! The `*_op` methods take the request's own arguments, as fuser's `Filesystem` trait
-//! gives them (the trait methods in `mod.rs` only hand them on).
-#![allow(clippy::too_many_arguments)]
 
 #[allow(unused_imports)]
 use super::*;
@@ -94,87 +90,44 @@ impl MappedFs {
         self.adopt(req, (parent, &dir), name, fd, None)
     }
 
-    pub(super) fn rename_op(
+    /// RENAME (with RENAME_NOREPLACE and RENAME_EXCHANGE as asked).
+    pub(super) fn rename_entry(
         &self,
-        _req: &Request,
-        parent: INodeNo,
-        name: &OsStr,
-        newparent: INodeNo,
-        newname: &OsStr,
+        from: (INodeNo, &OsStr),
+        to: (INodeNo, &OsStr),
         flags: RenameFlags,
-        reply: ReplyEmpty,
-    ) {
-        let result = self.node_fd(parent).and_then(|(_, dir)| {
-            let (_, new_dir) = self.node_fd(newparent)?;
-            let flags = rustix::fs::RenameFlags::from_bits_retain(flags.bits());
-            let exchange = flags.contains(rustix::fs::RenameFlags::EXCHANGE);
-            if !exchange {
-                self.pin_named(&new_dir, newname); // replaced, if it exists
-            }
-            rustix::fs::renameat_with(&*dir, name, &*new_dir, newname, flags).map_err(errno)?;
-            // Nodes known by the names that moved learn their new ones.
-            self.moved(&new_dir, newname, (newparent, newname));
-            if exchange {
-                self.moved(&dir, name, (parent, name));
-            }
-            Ok(())
-        });
-        reply_empty(reply, result);
+    ) -> Result<()> {
+        let ((parent, name), (newparent, newname)) = (from, to);
+        let (_, dir) = self.node_fd(parent)?;
+        let (_, new_dir) = self.node_fd(newparent)?;
+        let flags = rustix::fs::RenameFlags::from_bits_retain(flags.bits());
+        let exchange = flags.contains(rustix::fs::RenameFlags::EXCHANGE);
+        if !exchange {
+            self.pin_named(&new_dir, newname); // replaced, if it exists
+        }
+        rustix::fs::renameat_with(&*dir, name, &*new_dir, newname, flags).map_err(errno)?;
+        // Nodes known by the names that moved learn their new ones.
+        self.moved(&new_dir, newname, (newparent, newname));
+        if exchange {
+            self.moved(&dir, name, (parent, name));
+        }
+        Ok(())
     }
 
-    pub(super) fn link_op(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        newparent: INodeNo,
-        newname: &OsStr,
-        reply: ReplyEntry,
-    ) {
-        let result = self.node_fd(ino).and_then(|(_, fd)| {
-            let (_, new_dir) = self.node_fd(newparent)?;
-            // Through the magic link (AT_EMPTY_PATH would need CAP_DAC_READ_SEARCH).
-            rustix::fs::linkat(
-                rustix::fs::CWD,
-                proc_path(fd.as_raw_fd()),
-                &*new_dir,
-                newname,
-                AtFlags::SYMLINK_FOLLOW,
-            )
-            .map_err(errno)?;
-            self.lookup_entry(newparent, newname)
-        });
-        self.reply_entry(reply, result);
-    }
-
-    pub(super) fn mknod_op(
-        &self,
-        req: &Request,
-        parent: INodeNo,
-        name: &OsStr,
-        mode: u32,
-        _umask: u32,
-        rdev: u32,
-        reply: ReplyEntry,
-    ) {
-        let result = self.make_node(req, parent, name, |dir| {
-            let kind = rustix::fs::FileType::from_raw_mode(mode);
-            let perm = Mode::from_raw_mode(mode & 0o7777);
-            rustix::fs::mknodat(dir, name, kind, perm, decode_dev(rdev))
-        });
-        self.reply_entry(reply, result);
-    }
-
-    pub(super) fn symlink_op(
-        &self,
-        req: &Request,
-        parent: INodeNo,
-        link_name: &OsStr,
-        target: &Path,
-        reply: ReplyEntry,
-    ) {
-        let result = self.make_node(req, parent, link_name, |dir| {
-            rustix::fs::symlinkat(target, dir, link_name)
-        });
-        self.reply_entry(reply, result);
+    /// LINK: another name for node `ino`.
+    pub(super) fn link_entry(&self, ino: INodeNo, to: (INodeNo, &OsStr)) -> Result<FileAttr> {
+        let (newparent, newname) = to;
+        let (_, fd) = self.node_fd(ino)?;
+        let (_, new_dir) = self.node_fd(newparent)?;
+        // Through the magic link (AT_EMPTY_PATH would need CAP_DAC_READ_SEARCH).
+        rustix::fs::linkat(
+            rustix::fs::CWD,
+            proc_path(fd.as_raw_fd()),
+            &*new_dir,
+            newname,
+            AtFlags::SYMLINK_FOLLOW,
+        )
+        .map_err(errno)?;
+        self.lookup_entry(newparent, newname)
     }
 }

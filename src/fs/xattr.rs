@@ -1,96 +1,65 @@
-//! Extended attributes, passed through as they are on SOURCE.
-//!
-//! The `*_op` methods take the request's own arguments, as fuser's `Filesystem` trait
-//! gives them (the trait methods in `mod.rs` only hand them on).
-#![allow(clippy::too_many_arguments)]
+//! Extended attributes, passed through as they are on SOURCE (through the node's magic
+//! link: the node holds an O_PATH descriptor, which the *xattr calls do not take).
 
-#[allow(unused_imports)]
 use super::*;
 
-impl MappedFs {
-    /// getxattr/listxattr: size 0 asks for the size; otherwise the value, or ERANGE from
-    /// SOURCE when it does not fit.
-    pub(super) fn xattr_reply(
-        reply: ReplyXattr,
-        size: u32,
-        query: impl FnOnce() -> rustix::io::Result<usize>,
-        read: impl FnOnce(&mut [u8]) -> rustix::io::Result<usize>,
-    ) {
-        if size == 0 {
-            return match query() {
-                Ok(n) => reply.size(n as u32),
-                Err(e) => reply.error(errno(e)),
-            };
-        }
-        let mut buf = vec![0u8; size as usize];
-        match read(&mut buf) {
-            Ok(n) => reply.data(&buf[..n]),
-            Err(e) => reply.error(errno(e)),
-        }
-    }
+/// What GETXATTR and LISTXATTR answer: the size a value needs (when asked with size 0), or
+/// the value.
+pub(super) enum XattrValue {
+    Size(u32),
+    Data(Vec<u8>),
+}
 
-    pub(super) fn setxattr_op(
+impl MappedFs {
+    pub(super) fn set_xattr(
         &self,
-        _req: &Request,
         ino: INodeNo,
         name: &OsStr,
         value: &[u8],
         flags: i32,
-        _position: u32,
-        reply: ReplyEmpty,
-    ) {
-        let result = self.node_fd(ino).and_then(|(_, fd)| {
-            let flags = rustix::fs::XattrFlags::from_bits_retain(flags as u32);
-            rustix::fs::setxattr(proc_path(fd.as_raw_fd()), name, value, flags).map_err(errno)
-        });
-        reply_empty(reply, result);
+    ) -> Result<()> {
+        let (_, fd) = self.node_fd(ino)?;
+        let flags = rustix::fs::XattrFlags::from_bits_retain(flags as u32);
+        rustix::fs::setxattr(proc_path(fd.as_raw_fd()), name, value, flags).map_err(errno)
     }
 
-    pub(super) fn getxattr_op(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        name: &OsStr,
-        size: u32,
-        reply: ReplyXattr,
-    ) {
-        let fd = match self.node_fd(ino) {
-            Ok((_, fd)) => fd,
-            Err(e) => return reply.error(e),
-        };
+    pub(super) fn get_xattr(&self, ino: INodeNo, name: &OsStr, size: u32) -> Result<XattrValue> {
+        let (_, fd) = self.node_fd(ino)?;
         let path = proc_path(fd.as_raw_fd());
-        Self::xattr_reply(
-            reply,
+        xattr_value(
             size,
             || rustix::fs::getxattr_query(&path, name),
             |buf| rustix::fs::getxattr(&path, name, buf),
-        );
+        )
     }
 
-    pub(super) fn listxattr_op(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        let fd = match self.node_fd(ino) {
-            Ok((_, fd)) => fd,
-            Err(e) => return reply.error(e),
-        };
+    pub(super) fn list_xattr(&self, ino: INodeNo, size: u32) -> Result<XattrValue> {
+        let (_, fd) = self.node_fd(ino)?;
         let path = proc_path(fd.as_raw_fd());
-        Self::xattr_reply(
-            reply,
+        xattr_value(
             size,
             || rustix::fs::listxattr_query(&path),
             |buf| rustix::fs::listxattr(&path, buf),
-        );
+        )
     }
 
-    pub(super) fn removexattr_op(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        name: &OsStr,
-        reply: ReplyEmpty,
-    ) {
-        let result = self.node_fd(ino).and_then(|(_, fd)| {
-            rustix::fs::removexattr(proc_path(fd.as_raw_fd()), name).map_err(errno)
-        });
-        reply_empty(reply, result);
+    pub(super) fn remove_xattr(&self, ino: INodeNo, name: &OsStr) -> Result<()> {
+        let (_, fd) = self.node_fd(ino)?;
+        rustix::fs::removexattr(proc_path(fd.as_raw_fd()), name).map_err(errno)
     }
+}
+
+/// Size 0 asks for the size; otherwise the value, or ERANGE from SOURCE when it does not fit.
+fn xattr_value(
+    size: u32,
+    query: impl FnOnce() -> rustix::io::Result<usize>,
+    read: impl FnOnce(&mut [u8]) -> rustix::io::Result<usize>,
+) -> Result<XattrValue> {
+    if size == 0 {
+        return query().map(|n| XattrValue::Size(n as u32)).map_err(errno);
+    }
+    let mut buf = vec![0u8; size as usize];
+    let n = read(&mut buf).map_err(errno)?;
+    buf.truncate(n);
+    Ok(XattrValue::Data(buf))
 }
