@@ -482,7 +482,7 @@ fn a_repair_left_by_a_killed_asme_is_completed_by_the_next_run() {
     let bb = image("busybox");
     let dir = TestDir::new(user, "fixrun-sigkill");
     let name = testenv::ContainerName::new("fixrun-kill");
-    let (mut child, _out) = testenv::spawn_until(
+    let (child, _out) = testenv::spawn_until(
         fix_strategy(
             user,
             &dir.path,
@@ -497,9 +497,7 @@ fn a_repair_left_by_a_killed_asme_is_completed_by_the_next_run() {
         ),
         "up",
     );
-    child.kill().unwrap();
-    child.wait().unwrap();
-    ok(docker(&["rm", "-f", &name.0]));
+    testenv::kill_asme(child, &name);
     assert_eq!(
         fs::metadata(dir.join("left/f")).unwrap().uid(),
         0,

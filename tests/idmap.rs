@@ -403,7 +403,7 @@ fn nothing_outlives_the_run() {
     .ok();
     // A client killed while its container runs: the agent notices the closed connection.
     let name = ContainerName::new("idmap-killed");
-    let (mut child, _out) = testenv::spawn_until(
+    let (child, _out) = testenv::spawn_until(
         asme_as(
             user,
             &dir.path,
@@ -424,9 +424,7 @@ fn nothing_outlives_the_run() {
         ),
         "up",
     );
-    child.kill().unwrap();
-    child.wait().unwrap();
-    ok(docker(&["rm", "-f", &name.0]));
+    testenv::kill_asme(child, &name);
     // The agent releases the lease when it sees the connection close; poll with a deadline.
     wait_until(|| {
         !fs::read_to_string("/proc/self/mounts")

@@ -359,3 +359,11 @@ pub fn spawn_until(
     assert_eq!(line.trim_end(), first, "unexpected first line");
     (child, out)
 }
+
+/// Kills an asme started by [`spawn_until`] outright (SIGKILL: nothing of asme's runs after
+/// it) and removes the container it started.
+pub fn kill_asme(mut child: std::process::Child, container: &ContainerName) {
+    child.kill().unwrap();
+    child.wait().unwrap();
+    ok(docker(&["rm", "-f", &container.0]));
+}
