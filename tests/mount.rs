@@ -681,6 +681,11 @@ fn fuse_strategy_serves_a_detached_container_until_it_stops() {
     let dir = TestDir::new(u, "fuse-strategy");
     let name = ContainerName::new("fuse-strategy");
     let mount = format!("{}:/w", dir.path.display());
+    let points = u.home.join(".cache/asme/v1/mnt");
+    let listing = || -> Vec<_> {
+        fs::read_dir(&points).map_or(Vec::new(), |d| d.flatten().map(|e| e.path()).collect())
+    };
+    let before = listing();
     let out = ok(asme_as(
         u,
         &dir.path,
@@ -712,8 +717,19 @@ fn fuse_strategy_serves_a_detached_container_until_it_stops() {
         "mkdir /w/d && echo x > /w/d/f && id -u",
     ]));
     assert_all_owned(&dir.path, u, 3);
-    ok(docker(&["rm", "-f", &name.0]));
+    ok(docker(&["stop", "--time", "1", &name.0]));
     assert!(exits(servers[0]), "the server outlived its container");
+    // Started again by docker alone, it is refused (its mount point is gone) and says what to
+    // do; nothing is created where the mount point was.
+    let again = testenv::Run::of(docker(&["start", &name.0]));
+    assert_ne!(again.code(), Some(0), "{}", again.explain());
+    assert!(again.stderr.contains("asme-run"), "{}", again.explain());
+    assert_eq!(
+        listing(),
+        before,
+        "mount points left in {}",
+        points.display()
+    );
 }
 
 #[test]

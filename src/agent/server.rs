@@ -24,9 +24,8 @@ use super::protocol::{
     BUILD, ErrorKind, Header, LEASES, MAX_SOURCES, PROTOCOL, Request, Response, SOCKET,
 };
 use crate::chown;
-use crate::identity::GroupFile;
 use crate::idmap::{self, IdMap};
-use crate::owner::Owner;
+use crate::owner::{self, Owner};
 use crate::sys::fs as sysfs;
 use crate::sys::{mount, socket};
 
@@ -106,9 +105,7 @@ fn listen(path: &Path) -> Result<UnixListener> {
     let _ = fs::remove_file(&tmp);
     let listener =
         UnixListener::bind(&tmp).with_context(|| format!("binding {}", tmp.display()))?;
-    let docker_gid = fs::read_to_string("/etc/group")
-        .ok()
-        .and_then(|text| GroupFile::parse(&text).by_name("docker").map(|g| g.gid));
+    let docker_gid = owner::host_group().by_name("docker").map(|g| g.gid);
     std::os::unix::fs::chown(&tmp, Some(0), docker_gid)?;
     let mode = if docker_gid.is_some() { 0o660 } else { 0o600 };
     fs::set_permissions(&tmp, fs::Permissions::from_mode(mode))?;

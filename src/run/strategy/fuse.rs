@@ -37,7 +37,12 @@ pub fn prepare<'a>(ctx: &'a Context, args: &RunArgs) -> Result<Prepared<'a>, Ref
         let point = ctx
             .cache
             .mount_dir()
-            .join(format!("{}-{i}", std::process::id()));
+            // The name is what docker shows when the container is started again without
+            // asme (the mount point gone, `--mount` refuses it): it says what to do.
+            .join(format!(
+                "{}-{i}-start-again-with-asme-run",
+                std::process::id()
+            ));
         std::fs::create_dir_all(&point)
             .with_context(|| format!("creating {}", point.display()))
             .map_err(Refusal::Unavailable)?;
