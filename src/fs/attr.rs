@@ -1,29 +1,201 @@
-//! Attributes: SOURCE's stat shown with mapped owners (`FileAttr`), SETATTR (mode, owner
-//! through the map, size, times), and the conversions between the kernel's and FUSE's types.
+//! Attributes: SOURCE's stat shown as FUSE's `FileAttr` (owners mapped, times and device
+//! numbers converted), SETATTR, the owner of what the server creates, statfs and extended
+//! attributes.
+//!
+//! Every change goes through the node's `O_PATH` descriptor or its /proc magic link, never a
+//! path; which object a name means is `names`'s business, open handles are `handle`'s.
 
-#[allow(unused_imports)]
-use super::*;
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{FileAttr, FileHandle, FileType, INodeNo, Request, TimeOrNow};
+use rustix::fs::{AtFlags, Mode, OFlags, Stat, StatVfs, Timespec, Timestamps};
+
+use super::node::{self, Node};
+use super::{MappedFs, Result, errno, handle, key, proc_path};
 
 /// What a SETATTR asks for (ids as the mount shows them).
 pub(super) struct AttrChange {
-    pub(super) mode: Option<u32>,
-    pub(super) uid: Option<u32>,
-    pub(super) gid: Option<u32>,
-    pub(super) size: Option<u64>,
-    pub(super) atime: Option<TimeOrNow>,
-    pub(super) mtime: Option<TimeOrNow>,
-    pub(super) fh: Option<FileHandle>,
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<TimeOrNow>,
+    pub mtime: Option<TimeOrNow>,
+    pub fh: Option<FileHandle>,
 }
 
-pub(super) fn proc_path(fd: RawFd) -> CString {
-    CString::new(format!("/proc/self/fd/{fd}")).expect("no NUL in a number")
+/// An extended attribute's answer: its size when the caller asked for that (size 0), else the
+/// value or list itself.
+pub(super) enum Xattr {
+    Size(u32),
+    Data(Vec<u8>),
 }
 
-pub(super) fn chown_fd(
-    fd: BorrowedFd<'_>,
-    uid: Option<u32>,
-    gid: Option<u32>,
-) -> rustix::io::Result<()> {
+impl MappedFs {
+    pub(super) fn attr(&self, st: &Stat) -> FileAttr {
+        let map = &self.settings.map;
+        FileAttr {
+            ino: INodeNo(self.nodes.id_for(key(st))),
+            size: st.st_size as u64,
+            blocks: st.st_blocks as u64,
+            atime: time(st.st_atime, st.st_atime_nsec as i64),
+            mtime: time(st.st_mtime, st.st_mtime_nsec as i64),
+            ctime: time(st.st_ctime, st.st_ctime_nsec as i64),
+            crtime: UNIX_EPOCH,
+            kind: kind(st.st_mode),
+            perm: (st.st_mode & 0o7777) as u16,
+            nlink: st.st_nlink as u32,
+            uid: map.users.to_mount(st.st_uid),
+            gid: map.groups.to_mount(st.st_gid),
+            rdev: encode_dev(st.st_rdev),
+            blksize: st.st_blksize as u32,
+            flags: 0,
+        }
+    }
+
+    pub(super) fn stat_node(&self, node: &Node) -> Result<FileAttr> {
+        let st = rustix::fs::fstat(&*self.fd(node)?).map_err(errno)?;
+        Ok(self.attr(&st))
+    }
+
+    /// chown to the creator's ids; a set-group-id parent keeps its group (as the kernel would
+    /// have done for the creator). chown clears set-id bits the creator asked for: restore.
+    pub(super) fn give_to_creator(
+        &self,
+        req: &Request,
+        parent: &OwnedFd,
+        fd: BorrowedFd<'_>,
+        st: &Stat,
+    ) -> Result<Stat> {
+        let map = &self.settings.map;
+        let uid = map.users.to_source(req.uid());
+        let parent_st = rustix::fs::fstat(parent).map_err(errno)?;
+        let gid = if parent_st.st_mode as u32 & libc::S_ISGID != 0 {
+            parent_st.st_gid
+        } else {
+            map.groups.to_source(req.gid())
+        };
+        if st.st_uid == uid && st.st_gid == gid {
+            return Ok(*st);
+        }
+        chown_fd(fd, Some(uid), Some(gid)).map_err(errno)?;
+        let mode = st.st_mode;
+        let is_dir = mode & libc::S_IFMT == libc::S_IFDIR;
+        if !is_dir && mode & (libc::S_ISUID | libc::S_ISGID) != 0 {
+            chmod_fd(fd, mode & 0o7777).map_err(errno)?;
+        }
+        rustix::fs::fstat(fd).map_err(errno)
+    }
+
+    pub(super) fn set_attr(&self, node: &Node, change: AttrChange) -> Result<FileAttr> {
+        let path_fd = self.fd(node)?;
+        if let Some(mode) = change.mode {
+            chmod_fd(path_fd.as_fd(), mode & 0o7777).map_err(errno)?;
+        }
+        if change.uid.is_some() || change.gid.is_some() {
+            let map = &self.settings.map;
+            let uid = change.uid.map(|u| map.users.to_source(u));
+            let gid = change.gid.map(|g| map.groups.to_source(g));
+            chown_fd(path_fd.as_fd(), uid, gid).map_err(errno)?;
+        }
+        if let Some(size) = change.size {
+            self.truncate(node, change.fh, size)?;
+        }
+        if change.atime.is_some() || change.mtime.is_some() {
+            let times = Timestamps {
+                last_access: timespec(change.atime),
+                last_modification: timespec(change.mtime),
+            };
+            // The magic link of the O_PATH descriptor is the object itself, symlinks included.
+            rustix::fs::utimensat(
+                rustix::fs::CWD,
+                proc_path(path_fd.as_raw_fd()),
+                &times,
+                AtFlags::empty(),
+            )
+            .map_err(errno)?;
+        }
+        self.stat_node(node)
+    }
+
+    fn truncate(&self, node: &Node, fh: Option<FileHandle>, size: u64) -> Result<()> {
+        // A handle comes only with ftruncate, so it is a file's descriptor (for a folder
+        // the handle would be a `dirs` id, but folders are never truncated).
+        let opened;
+        let file = match fh {
+            Some(fh) => handle::file(fh),
+            None => {
+                opened = self.reopen(node, OFlags::WRONLY | OFlags::CLOEXEC)?;
+                opened.as_fd()
+            }
+        };
+        rustix::fs::ftruncate(file, size).map_err(errno)
+    }
+
+    /// The filesystem of `ino` (of the root if `ino` is unknown).
+    pub(super) fn stat_fs(&self, ino: INodeNo) -> Result<StatVfs> {
+        self.node(ino)
+            .or_else(|_| self.node(INodeNo(node::ROOT)))
+            .and_then(|n| rustix::fs::fstatvfs(&*self.fd(&n)?).map_err(errno))
+    }
+
+    pub(super) fn set_xattr(
+        &self,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+    ) -> Result<()> {
+        let (_, fd) = self.node_fd(ino)?;
+        let flags = rustix::fs::XattrFlags::from_bits_retain(flags as u32);
+        rustix::fs::setxattr(proc_path(fd.as_raw_fd()), name, value, flags).map_err(errno)
+    }
+
+    pub(super) fn get_xattr(&self, ino: INodeNo, name: &OsStr, size: u32) -> Result<Xattr> {
+        let (_, fd) = self.node_fd(ino)?;
+        let path = proc_path(fd.as_raw_fd());
+        xattr(
+            size,
+            || rustix::fs::getxattr_query(&path, name),
+            |buf| rustix::fs::getxattr(&path, name, buf),
+        )
+    }
+
+    pub(super) fn list_xattr(&self, ino: INodeNo, size: u32) -> Result<Xattr> {
+        let (_, fd) = self.node_fd(ino)?;
+        let path = proc_path(fd.as_raw_fd());
+        xattr(
+            size,
+            || rustix::fs::listxattr_query(&path),
+            |buf| rustix::fs::listxattr(&path, buf),
+        )
+    }
+
+    pub(super) fn remove_xattr(&self, ino: INodeNo, name: &OsStr) -> Result<()> {
+        let (_, fd) = self.node_fd(ino)?;
+        rustix::fs::removexattr(proc_path(fd.as_raw_fd()), name).map_err(errno)
+    }
+}
+
+/// getxattr/listxattr: size 0 asks for the size; otherwise the value, or ERANGE from SOURCE
+/// when it does not fit.
+fn xattr(
+    size: u32,
+    query: impl FnOnce() -> rustix::io::Result<usize>,
+    read: impl FnOnce(&mut [u8]) -> rustix::io::Result<usize>,
+) -> Result<Xattr> {
+    if size == 0 {
+        return query().map(|n| Xattr::Size(n as u32)).map_err(errno);
+    }
+    let mut buf = vec![0u8; size as usize];
+    let n = read(&mut buf).map_err(errno)?;
+    buf.truncate(n);
+    Ok(Xattr::Data(buf))
+}
+
+fn chown_fd(fd: BorrowedFd<'_>, uid: Option<u32>, gid: Option<u32>) -> rustix::io::Result<()> {
     let (uid, gid) = (
         uid.map(rustix::fs::Uid::from_raw),
         gid.map(rustix::fs::Gid::from_raw),
@@ -38,7 +210,7 @@ pub(super) fn chown_fd(
 }
 
 /// chmod of the object behind an `O_PATH` descriptor (fchmod refuses those).
-pub(super) fn chmod_fd(fd: BorrowedFd<'_>, mode: u32) -> rustix::io::Result<()> {
+fn chmod_fd(fd: BorrowedFd<'_>, mode: u32) -> rustix::io::Result<()> {
     rustix::fs::chmodat(
         rustix::fs::CWD,
         proc_path(fd.as_raw_fd()),
@@ -47,7 +219,7 @@ pub(super) fn chmod_fd(fd: BorrowedFd<'_>, mode: u32) -> rustix::io::Result<()> 
     )
 }
 
-pub(super) fn time(secs: i64, nsecs: i64) -> SystemTime {
+fn time(secs: i64, nsecs: i64) -> SystemTime {
     if secs >= 0 {
         UNIX_EPOCH + Duration::new(secs as u64, nsecs as u32)
     } else {
@@ -55,7 +227,7 @@ pub(super) fn time(secs: i64, nsecs: i64) -> SystemTime {
     }
 }
 
-pub(super) fn timespec(t: Option<TimeOrNow>) -> Timespec {
+fn timespec(t: Option<TimeOrNow>) -> Timespec {
     match t {
         None => Timespec {
             tv_sec: 0,
@@ -83,7 +255,7 @@ pub(super) fn timespec(t: Option<TimeOrNow>) -> Timespec {
     }
 }
 
-pub(super) fn kind(mode: u32) -> FileType {
+fn kind(mode: u32) -> FileType {
     match mode & libc::S_IFMT {
         libc::S_IFDIR => FileType::Directory,
         libc::S_IFLNK => FileType::Symlink,
@@ -95,19 +267,7 @@ pub(super) fn kind(mode: u32) -> FileType {
     }
 }
 
-pub(super) fn dirent_kind(t: rustix::fs::FileType) -> FileType {
-    use rustix::fs::FileType as T;
-    match t {
-        T::Directory => FileType::Directory,
-        T::Symlink => FileType::Symlink,
-        T::CharacterDevice => FileType::CharDevice,
-        T::BlockDevice => FileType::BlockDevice,
-        T::Fifo => FileType::NamedPipe,
-        T::Socket => FileType::Socket,
-        _ => FileType::RegularFile,
-    }
-}
-
+/// Attributes with nothing in them but `kind`: for negative entries and `.`/`..`.
 pub(super) fn placeholder_attr(kind: FileType) -> FileAttr {
     FileAttr {
         ino: INodeNo(0),
@@ -129,7 +289,7 @@ pub(super) fn placeholder_attr(kind: FileType) -> FileAttr {
 }
 
 /// The kernel's `new_encode_dev`: FUSE carries device numbers in 32 bits this way.
-pub(super) fn encode_dev(dev: u64) -> u32 {
+fn encode_dev(dev: u64) -> u32 {
     let (major, minor) = (libc::major(dev), libc::minor(dev));
     (minor & 0xff) | (major << 8) | ((minor & !0xff) << 12)
 }
@@ -141,83 +301,35 @@ pub(super) fn decode_dev(dev: u32) -> u64 {
     libc::makedev(major, minor)
 }
 
-pub(super) fn key(st: &Stat) -> Key {
-    (st.st_dev, st.st_ino)
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl MappedFs {
-    pub(super) fn attr(&self, st: &Stat) -> FileAttr {
-        let map = &self.settings.map;
-        FileAttr {
-            ino: INodeNo(self.nodes.id_for(key(st))),
-            size: st.st_size as u64,
-            blocks: st.st_blocks as u64,
-            atime: time(st.st_atime, st.st_atime_nsec as i64),
-            mtime: time(st.st_mtime, st.st_mtime_nsec as i64),
-            ctime: time(st.st_ctime, st.st_ctime_nsec as i64),
-            crtime: UNIX_EPOCH,
-            kind: kind(st.st_mode),
-            perm: (st.st_mode & 0o7777) as u16,
-            nlink: st.st_nlink as u32,
-            uid: map.users.to_mount(st.st_uid),
-            gid: map.groups.to_mount(st.st_gid),
-            rdev: encode_dev(st.st_rdev),
-            blksize: st.st_blksize as u32,
-            flags: 0,
+    #[test]
+    fn device_numbers_round_trip_through_the_fuse_encoding() {
+        for (major, minor) in [
+            (0, 0),
+            (1, 3),
+            (8, 1),
+            (259, 0),
+            (4095, 1_048_575),
+            (10, 229),
+        ] {
+            let dev = libc::makedev(major, minor);
+            assert_eq!(decode_dev(encode_dev(dev)), dev, "{major}:{minor}");
         }
     }
 
-    /// Answers with attributes, or the error.
-    pub(super) fn reply_attr(&self, reply: ReplyAttr, result: Result<FileAttr>) {
-        match result {
-            Ok(attr) => reply.attr(&self.settings.ttl, &attr),
-            Err(e) => reply.error(e),
-        }
-    }
-
-    pub(super) fn stat_node(&self, node: &Node) -> Result<FileAttr> {
-        let st = rustix::fs::fstat(&*self.fd(node)?).map_err(errno)?;
-        Ok(self.attr(&st))
-    }
-
-    pub(super) fn set_attr(&self, node: &Node, change: AttrChange) -> Result<FileAttr> {
-        let path_fd = self.fd(node)?;
-        if let Some(mode) = change.mode {
-            chmod_fd(path_fd.as_fd(), mode & 0o7777).map_err(errno)?;
-        }
-        if change.uid.is_some() || change.gid.is_some() {
-            let map = &self.settings.map;
-            let uid = change.uid.map(|u| map.users.to_source(u));
-            let gid = change.gid.map(|g| map.groups.to_source(g));
-            chown_fd(path_fd.as_fd(), uid, gid).map_err(errno)?;
-        }
-        if let Some(size) = change.size {
-            // A handle comes only with ftruncate, so it is a file's descriptor (for a folder
-            // the handle would be a `dirs` id, but folders are never truncated).
-            let opened;
-            let file = match change.fh {
-                Some(fh) => borrow_fh(fh),
-                None => {
-                    opened = self.reopen(node, OFlags::WRONLY | OFlags::CLOEXEC)?;
-                    opened.as_fd()
-                }
-            };
-            rustix::fs::ftruncate(file, size).map_err(errno)?;
-        }
-        if change.atime.is_some() || change.mtime.is_some() {
-            let times = Timestamps {
-                last_access: timespec(change.atime),
-                last_modification: timespec(change.mtime),
-            };
-            // The magic link of the O_PATH descriptor is the object itself, symlinks included.
-            rustix::fs::utimensat(
-                rustix::fs::CWD,
-                proc_path(path_fd.as_raw_fd()),
-                &times,
-                AtFlags::empty(),
-            )
-            .map_err(errno)?;
-        }
-        self.stat_node(node)
+    #[test]
+    fn times_before_the_epoch_survive() {
+        // -1.25 s is the kernel's (-2, 750_000_000); fuser hands it over as epoch - 2.75 s.
+        let from_fuser = UNIX_EPOCH - Duration::from_millis(2750);
+        let ts = timespec(Some(TimeOrNow::SpecificTime(from_fuser)));
+        assert_eq!((ts.tv_sec, ts.tv_nsec), (-2, 750_000_000));
+        // Replies carry a true SystemTime, which fuser converts correctly.
+        assert_eq!(
+            time(-2, 750_000_000),
+            UNIX_EPOCH - Duration::from_millis(1250)
+        );
     }
 }

@@ -36,7 +36,8 @@ impl Pairs {
     }
 }
 
-/// Users and groups.
+/// Users and groups: whom SOURCE's owners are shown as in the mount, and back (not
+/// `crate::idmap::IdMap`, the ranges of a kernel id-mapped mount).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OwnerMap {
     pub users: Pairs,

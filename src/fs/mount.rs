@@ -1,8 +1,9 @@
-//! `asme mount` and `asme umount`: checks, mounting, the server's lifetime, recovery.
+//! `asme mount` and `asme umount`: options, mounting, the server's lifetime, recovery.
 //!
-//! Everything that can be checked is checked before anything is mounted, so a refusal is one
-//! line and leaves nothing behind. Without `--foreground` the server detaches, and the
-//! command returns only once the mount is up (or with the server's error).
+//! Everything that can be checked (`check`) is checked before anything is mounted, so a
+//! refusal is one line and leaves nothing behind. Without `--foreground` the server detaches,
+//! and the command returns only once the mount is up (or with the server's error). What the
+//! mount serves is `MappedFs`'s business.
 
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Write};
@@ -17,9 +18,10 @@ use nix::sys::signal::{SigSet, SigmaskHow, Signal, sigprocmask};
 use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
 
+use super::check::{check_dev_fuse, check_mountpoint, check_user_mount, fusermount};
 use super::map::OwnerMap;
 use super::{MappedFs, Settings};
-use crate::identity::{GroupFile, PasswdFile};
+use crate::owner;
 
 /// The mount type the kernel shows (`fuse.` + subtype): how `asme umount` knows its own.
 pub const FSTYPE: &str = "fuse.asme";
@@ -115,7 +117,7 @@ pub fn main(req: &MountRequest) -> Result<()> {
     let options = parse_options(&req.options)?;
     let (uid, gid) = crate::sys::real_ids();
     let map = match &req.map {
-        Some(spec) => OwnerMap::parse(spec, &host_passwd(), &host_group())?,
+        Some(spec) => OwnerMap::parse(spec, &owner::host_passwd(), &owner::host_group())?,
         None => OwnerMap::invoker_as_root(uid, gid),
     };
     let source = open_source(&req.source)?;
@@ -125,7 +127,7 @@ pub fn main(req: &MountRequest) -> Result<()> {
     check_dev_fuse()?;
     let as_root = rustix::process::geteuid().is_root();
     if !as_root {
-        check_user_mount(&options)?;
+        check_user_mount(options.acl)?;
     }
 
     // The creator's mode must reach SOURCE exactly: the kernel applied the creator's umask.
@@ -144,6 +146,25 @@ pub fn main(req: &MountRequest) -> Result<()> {
         passthrough: options.passthrough,
     };
     let fs = MappedFs::new(source, settings).context("source")?;
+    let config = session_config(req, &options, as_root);
+
+    let mut session =
+        fuser::Session::new(fs, &mountpoint, &config).map_err(|e| mount_error(e, &mountpoint))?;
+    let mut unmounter = session.unmount_callable();
+    std::thread::spawn(move || {
+        if signals.wait().is_ok() {
+            let _ = unmounter.unmount();
+        }
+    });
+    if req.notify_ready {
+        report_ready();
+    }
+    session.run().context("serving the mount")?;
+    Ok(())
+}
+
+/// The session's mount options and threads, from `-o`.
+fn session_config(req: &MountRequest, options: &Options, as_root: bool) -> Config {
     let mount_options = vec![
         MountOption::FSName(req.source_display()),
         // fusermount passes the subtype on; a direct mount(2) needs it as a kernel option.
@@ -174,20 +195,7 @@ pub fn main(req: &MountRequest) -> Result<()> {
     config.acl = options.acl;
     config.n_threads = Some(options.threads);
     config.clone_fd = true;
-
-    let mut session =
-        fuser::Session::new(fs, &mountpoint, &config).map_err(|e| mount_error(e, &mountpoint))?;
-    let mut unmounter = session.unmount_callable();
-    std::thread::spawn(move || {
-        if signals.wait().is_ok() {
-            let _ = unmounter.unmount();
-        }
-    });
-    if req.notify_ready {
-        report_ready();
-    }
-    session.run().context("serving the mount")?;
-    Ok(())
+    config
 }
 
 impl MountRequest {
@@ -247,14 +255,6 @@ fn report_ready() {
     }
 }
 
-fn host_passwd() -> PasswdFile {
-    PasswdFile::parse(&std::fs::read_to_string("/etc/passwd").unwrap_or_default())
-}
-
-fn host_group() -> GroupFile {
-    GroupFile::parse(&std::fs::read_to_string("/etc/group").unwrap_or_default())
-}
-
 fn open_source(source: &Path) -> Result<OwnedFd> {
     rustix::fs::open(
         source,
@@ -273,7 +273,7 @@ fn open_source(source: &Path) -> Result<OwnedFd> {
 pub fn usable_for_docker() -> Result<()> {
     check_dev_fuse()?;
     if !rustix::process::geteuid().is_root() {
-        check_user_mount(&parse_options(&[])?)?;
+        check_user_mount(parse_options(&[])?.acl)?;
     }
     Ok(())
 }
@@ -317,82 +317,6 @@ fn start_server(exe: &Path, args: &[OsString]) -> Result<()> {
         .unwrap_or("the mount server failed")
         .trim();
     bail!("{}", err.strip_prefix("asme: ").unwrap_or(err))
-}
-
-fn check_mountpoint(mountpoint: &Path) -> Result<()> {
-    match rustix::fs::stat(mountpoint) {
-        Ok(st) if st.st_mode & libc::S_IFMT != libc::S_IFDIR => {
-            bail!("{}: not a folder", mountpoint.display())
-        }
-        Ok(_) => {}
-        Err(Errno::NOTCONN) => bail!(
-            "{}: a stale FUSE mount whose server is gone (killed?); recover it with `asme umount {}`",
-            mountpoint.display(),
-            mountpoint.display()
-        ),
-        Err(Errno::NOENT) => bail!("{}: no such folder", mountpoint.display()),
-        Err(e) => bail!("{}: {}", mountpoint.display(), std::io::Error::from(e)),
-    }
-    if let Some(m) = mount_at(mountpoint) {
-        bail!(
-            "{}: already a mount point ({} of {}); unmount it first",
-            mountpoint.display(),
-            m.fstype,
-            m.source
-        );
-    }
-    Ok(())
-}
-
-fn check_dev_fuse() -> Result<()> {
-    match rustix::fs::open("/dev/fuse", OFlags::RDWR | OFlags::CLOEXEC, Mode::empty()) {
-        Ok(_) => Ok(()),
-        Err(Errno::NOENT) => bail!("/dev/fuse is missing: load FUSE (`modprobe fuse`)"),
-        Err(Errno::ACCESS) | Err(Errno::PERM) => {
-            let mode = rustix::fs::stat("/dev/fuse").map_or(0, |s| s.st_mode & 0o777);
-            bail!(
-                "cannot open /dev/fuse: permission denied (its mode is {mode:04o}; distributions \
-                 ship it 0666 so that users can mount FUSE: `sudo chmod 0666 /dev/fuse`)"
-            )
-        }
-        Err(e) => bail!("cannot open /dev/fuse: {}", std::io::Error::from(e)),
-    }
-}
-
-/// An ordinary user mounts through the setuid `fusermount`, which allows allow_other only
-/// when the administrator said so in /etc/fuse.conf.
-fn check_user_mount(options: &Options) -> Result<()> {
-    if fusermount().is_none() {
-        bail!("no fusermount3 or fusermount: install the fuse3 package (it mounts FUSE for users)");
-    }
-    if options.acl != SessionACL::Owner && !user_allow_other() {
-        bail!(
-            "docker (root) and other users can reach your mount only with allow_other, which \
-             needs the line `user_allow_other` in /etc/fuse.conf (ask an admin to add it); \
-             -o private makes a mount only you can use"
-        );
-    }
-    Ok(())
-}
-
-fn user_allow_other() -> bool {
-    std::fs::read_to_string("/etc/fuse.conf").is_ok_and(|text| {
-        text.lines()
-            .map(|l| l.split('#').next().unwrap_or("").trim())
-            .any(|l| l == "user_allow_other")
-    })
-}
-
-fn fusermount() -> Option<PathBuf> {
-    [
-        "/usr/bin/fusermount3",
-        "/bin/fusermount3",
-        "/usr/bin/fusermount",
-        "/bin/fusermount",
-    ]
-    .iter()
-    .map(PathBuf::from)
-    .find(|p| p.exists())
 }
 
 fn mount_error(err: std::io::Error, mountpoint: &Path) -> anyhow::Error {

@@ -1,10 +1,32 @@
-//! Names: making and linking entries (MKNOD, SYMLINK, LINK, RENAME), adopting what was made
-//! into the inode table, giving it to its creator, and keeping nodes whose names are gone.
+//! Names: LOOKUP, and the requests that make, remove, rename and link names in a folder, or
+//! read what a symlink names.
+//!
+//! Each is one `*at()` call relative to the parent's descriptor. The inode table (`node`)
+//! learns what a name now means: what the kernel looked up or the server made is counted, a
+//! node losing its name is pinned (it could not be found again), a renamed one learns its new
+//! name. Who owns what the server makes is `attr`'s `give_to_creator`.
 
-#[allow(unused_imports)]
-use super::*;
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+
+use fuser::{Errno, FileAttr, INodeNo, Request};
+use rustix::fs::{AtFlags, Mode, RenameFlags};
+
+use super::attr::decode_dev;
+use super::node::Key;
+use super::{MappedFs, Result, errno, key, open_path, proc_path};
 
 impl MappedFs {
+    /// Looks `name` up in `parent` and counts the kernel's reference.
+    pub(super) fn lookup_entry(&self, parent: INodeNo, name: &OsStr) -> Result<FileAttr> {
+        let (_, dir) = self.node_fd(parent)?;
+        let fd = open_path(&dir, name)?;
+        let st = rustix::fs::fstat(&fd).map_err(errno)?;
+        self.nodes.remember(fd, key(&st), parent.0, name);
+        Ok(self.attr(&st))
+    }
+
     /// A new object `name` in `parent`, just made by this server: give it to its creator
     /// (mapped to SOURCE's ids) and count the kernel's reference, with `path_fd` (its `O_PATH`
     /// descriptor, opened by name) as the node. `made` is the key of what this server created,
@@ -30,54 +52,47 @@ impl MappedFs {
         Ok(self.attr(&st))
     }
 
-    /// chown to the creator's ids; a set-group-id parent keeps its group (as the kernel would
-    /// have done for the creator). chown clears set-id bits the creator asked for: restore.
-    pub(super) fn give_to_creator(
+    /// MKNOD: a device, fifo, socket or empty file.
+    pub(super) fn mknod_at(
         &self,
         req: &Request,
-        parent: &OwnedFd,
-        fd: BorrowedFd<'_>,
-        st: &Stat,
-    ) -> Result<Stat> {
-        let map = &self.settings.map;
-        let uid = map.users.to_source(req.uid());
-        let parent_st = rustix::fs::fstat(parent).map_err(errno)?;
-        let gid = if parent_st.st_mode as u32 & libc::S_ISGID != 0 {
-            parent_st.st_gid
-        } else {
-            map.groups.to_source(req.gid())
-        };
-        if st.st_uid == uid && st.st_gid == gid {
-            return Ok(*st);
-        }
-        chown_fd(fd, Some(uid), Some(gid)).map_err(errno)?;
-        let mode = st.st_mode;
-        let is_dir = mode & libc::S_IFMT == libc::S_IFDIR;
-        if !is_dir && mode & (libc::S_ISUID | libc::S_ISGID) != 0 {
-            chmod_fd(fd, mode & 0o7777).map_err(errno)?;
-        }
-        rustix::fs::fstat(fd).map_err(errno)
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        rdev: u32,
+    ) -> Result<FileAttr> {
+        self.make_node(req, parent, name, |dir| {
+            let kind = rustix::fs::FileType::from_raw_mode(mode);
+            let perm = Mode::from_raw_mode(mode & 0o7777);
+            rustix::fs::mknodat(dir, name, kind, perm, decode_dev(rdev))
+        })
     }
 
-    /// The known node named `name` in `dir` is losing that name: keep it reachable.
-    pub(super) fn pin_named(&self, dir: &OwnedFd, name: &OsStr) {
-        if let Ok(st) = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
-            && let Some(node) = self.nodes.by_key(key(&st))
-        {
-            let _ = self.nodes.pin(&node);
-        }
+    pub(super) fn mkdir_at(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+    ) -> Result<FileAttr> {
+        self.make_node(req, parent, name, |dir| {
+            rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(mode & 0o7777))
+        })
     }
 
-    /// The object now named `name` in `dir` was renamed there.
-    pub(super) fn moved(&self, dir: &OwnedFd, name: &OsStr, to: (INodeNo, &OsStr)) {
-        if let Ok(st) = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
-            && let Some(node) = self.nodes.by_key(key(&st))
-        {
-            self.nodes.renamed(&node, ((to.0).0, to.1));
-        }
+    pub(super) fn symlink_at(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+    ) -> Result<FileAttr> {
+        self.make_node(req, parent, link_name, |dir| {
+            rustix::fs::symlinkat(target, dir, link_name)
+        })
     }
 
-    pub(super) fn make_node(
+    fn make_node(
         &self,
         req: &Request,
         parent: INodeNo,
@@ -90,8 +105,14 @@ impl MappedFs {
         self.adopt(req, (parent, &dir), name, fd, None)
     }
 
-    /// RENAME (with RENAME_NOREPLACE and RENAME_EXCHANGE as asked).
-    pub(super) fn rename_entry(
+    /// UNLINK, or RMDIR with `AtFlags::REMOVEDIR`.
+    pub(super) fn unlink_at(&self, parent: INodeNo, name: &OsStr, flags: AtFlags) -> Result<()> {
+        let (_, dir) = self.node_fd(parent)?;
+        self.pin_named(&dir, name);
+        rustix::fs::unlinkat(&*dir, name, flags).map_err(errno)
+    }
+
+    pub(super) fn rename_at(
         &self,
         from: (INodeNo, &OsStr),
         to: (INodeNo, &OsStr),
@@ -100,8 +121,7 @@ impl MappedFs {
         let ((parent, name), (newparent, newname)) = (from, to);
         let (_, dir) = self.node_fd(parent)?;
         let (_, new_dir) = self.node_fd(newparent)?;
-        let flags = rustix::fs::RenameFlags::from_bits_retain(flags.bits());
-        let exchange = flags.contains(rustix::fs::RenameFlags::EXCHANGE);
+        let exchange = flags.contains(RenameFlags::EXCHANGE);
         if !exchange {
             self.pin_named(&new_dir, newname); // replaced, if it exists
         }
@@ -114,9 +134,12 @@ impl MappedFs {
         Ok(())
     }
 
-    /// LINK: another name for node `ino`.
-    pub(super) fn link_entry(&self, ino: INodeNo, to: (INodeNo, &OsStr)) -> Result<FileAttr> {
-        let (newparent, newname) = to;
+    pub(super) fn link_at(
+        &self,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+    ) -> Result<FileAttr> {
         let (_, fd) = self.node_fd(ino)?;
         let (_, new_dir) = self.node_fd(newparent)?;
         // Through the magic link (AT_EMPTY_PATH would need CAP_DAC_READ_SEARCH).
@@ -129,5 +152,30 @@ impl MappedFs {
         )
         .map_err(errno)?;
         self.lookup_entry(newparent, newname)
+    }
+
+    /// What the symlink `ino` names.
+    pub(super) fn readlink_of(&self, ino: INodeNo) -> Result<Vec<u8>> {
+        let (_, fd) = self.node_fd(ino)?;
+        let target = rustix::fs::readlinkat(&*fd, "", Vec::new()).map_err(errno)?;
+        Ok(target.into_bytes())
+    }
+
+    /// The known node named `name` in `dir` is losing that name: keep it reachable.
+    fn pin_named(&self, dir: &OwnedFd, name: &OsStr) {
+        if let Ok(st) = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
+            && let Some(node) = self.nodes.by_key(key(&st))
+        {
+            let _ = self.nodes.pin(&node);
+        }
+    }
+
+    /// The object now named `name` in `dir` was renamed there.
+    fn moved(&self, dir: &OwnedFd, name: &OsStr, to: (INodeNo, &OsStr)) {
+        if let Ok(st) = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
+            && let Some(node) = self.nodes.by_key(key(&st))
+        {
+            self.nodes.renamed(&node, ((to.0).0, to.1));
+        }
     }
 }

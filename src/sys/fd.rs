@@ -1,29 +1,34 @@
-//! Descriptors handed out as numbers and taken back later: a FUSE server gives the kernel an
-//! open file's descriptor number as its handle, and the kernel names it in every later
-//! request until RELEASE.
+//! Descriptors handed out as bare numbers, and taken back.
+//!
+//! FUSE lets a server name each open file with a 64-bit handle of its own choosing, which the
+//! kernel echoes in every later request on that file until RELEASE, the last one (fuse(4);
+//! libfuse's passthrough_ll does the same). `asme mount` uses the descriptor number itself, so
+//! a read or write needs no table lookup: `OwnedFd::into_raw_fd` gives ownership up for the
+//! number, and the functions here turn it back into a descriptor. What the type system cannot
+//! see (that the number is still open and still ours) is the caller's promise, stated as each
+//! function's contract; the `unsafe` stays here.
 
-use std::os::fd::{BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
-/// Gives up ownership of `fd`: it stays open, known only by the returned number, until
-/// [`close_handed_out`].
-pub fn hand_out(fd: OwnedFd) -> RawFd {
-    fd.into_raw_fd()
-}
-
-/// The descriptor behind a number from [`hand_out`].
+/// The open descriptor `raw`, borrowed.
 ///
-/// The caller names only numbers it handed out and has not closed: a FUSE server gets them
-/// back from the kernel, which sends a handle only between the OPEN or CREATE that made it
-/// and the RELEASE that ends it.
-pub fn handed_out(raw: RawFd) -> BorrowedFd<'static> {
-    // SAFETY: by this function's contract `raw` came from `hand_out` and is not yet closed
-    // (the kernel sends a handle only until its RELEASE, the last request that names it).
+/// Contract: `raw` is a descriptor this process gave up with `into_raw_fd` and has not yet
+/// passed to `close_raw_fd`, and it is not closed while the borrow is in use. For FUSE file
+/// handles the kernel keeps this: it sends only handles the server returned from open or
+/// create, and RELEASE (which closes) comes after every other request on the handle.
+pub fn borrow_raw_fd(raw: RawFd) -> BorrowedFd<'static> {
+    // SAFETY: the caller keeps the contract above: `raw` is open (not -1) and stays open for
+    // as long as the borrow is used.
     unsafe { BorrowedFd::borrow_raw(raw) }
 }
 
-/// Closes a number from [`hand_out`], once (at RELEASE, or when an open is abandoned).
-pub fn close_handed_out(raw: RawFd) {
-    // SAFETY: by this function's contract the descriptor is ours and is closed only here;
-    // nothing uses the number after this.
+/// Takes ownership of `raw` back and closes it.
+///
+/// Contract: `raw` is a descriptor this process gave up with `into_raw_fd`, and this is the
+/// one call that takes it back: nothing uses the number afterwards (for a FUSE file handle,
+/// at RELEASE).
+pub fn close_raw_fd(raw: RawFd) {
+    // SAFETY: by the contract above the descriptor is ours, open, and owned by nobody else,
+    // so closing it here cannot close a descriptor another owner still relies on.
     drop(unsafe { OwnedFd::from_raw_fd(raw) });
 }
