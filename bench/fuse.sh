@@ -15,7 +15,7 @@
 # So root sees its files as 0:0 in every target, and on the host they belong to U:G in all
 # but native; both are checked. Each target is mounted afresh for every repetition.
 #
-# Workloads (bench/fuse_workload.py, the phases of bench/io_workload.py; each phase timed
+# Workloads (bench/workload.py, the same phases as bench/io.sh; each phase timed
 # inside the process, so mounting and start-up are excluded):
 #   small: one process creates N files of 1 KiB in 20 folders, stat()s every entry, reads
 #          every file and deletes the tree with rm -rf (cache-warm after the create);
@@ -38,29 +38,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-die() {
-  echo "bench/fuse.sh: $*" >&2
-  exit 1
-}
-
 all_targets=(native bindfs asme-root asme-user)
-reps=3 small=20000 big_mib=1024 parent=/var/tmp targets=()
-while [ $# -gt 0 ]; do
-  case $1 in
-  -n) reps=${2:?}; shift 2 ;;
-  --small) small=${2:?}; shift 2 ;;
-  --big-mib) big_mib=${2:?}; shift 2 ;;
-  --dir) parent=${2:?}; shift 2 ;;
-  -h | --help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
-  native | bindfs | asme-root | asme-user)
-    [[ " ${targets[*]} " == *" $1 "* ]] || targets+=("$1")
-    shift
-    ;;
-  *) die "unknown argument '$1' (see --help; targets: ${all_targets[*]})" ;;
+source bench/options.sh
+targets=()
+for t in "${rest[@]}"; do
+  case $t in
+  native | bindfs | asme-root | asme-user) [[ " ${targets[*]} " == *" $t "* ]] || targets+=("$t") ;;
+  *) die "unknown argument '$t' (see --help; targets: ${all_targets[*]})" ;;
   esac
-done
-for v in "$reps" "$small" "$big_mib"; do
-  [[ $v =~ ^[1-9][0-9]*$ ]] || die "'$v' is not a positive whole number"
 done
 # Keep the canonical order whatever order they were given in.
 if [ "${#targets[@]}" = 0 ]; then
@@ -73,7 +58,7 @@ has() { [[ " ${targets[*]} " == *" $1 "* ]]; }
 
 user=${ASME_BENCH_USER:-1234}
 limit=${ASME_BENCH_TIMEOUT:-1800}
-workload=$PWD/bench/fuse_workload.py
+workload=$PWD/bench/workload.py
 [[ $limit =~ ^[1-9][0-9]*$ ]] || die "ASME_BENCH_TIMEOUT '$limit' is not a positive whole number"
 [ "$(id -u)" = 0 ] || die "run it as root (it drops the page cache, mounts, and runs asme as user $user)"
 python=/usr/bin/python3

@@ -7,7 +7,7 @@
 #        defaults:     3          20000        1024          /var/tmp
 #   quick check: sudo bench/io.sh -n 1 --small 2000 --big-mib 64
 #
-# Workloads (each phase timed inside the container by bench/io_workload.py, so container
+# Workloads (each phase timed inside the container by bench/workload.py, so container
 # start-up is excluded):
 #   small: one container creates N files of 1 KiB in 20 folders, stat()s every entry, reads
 #          every file and deletes the tree with rm -rf (cache-warm after the create);
@@ -23,30 +23,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-die() {
-  echo "bench/io.sh: $*" >&2
-  exit 1
-}
-
-reps=3 small=20000 big_mib=1024 parent=/var/tmp
-while [ $# -gt 0 ]; do
-  case $1 in
-  -n) reps=${2:?}; shift 2 ;;
-  --small) small=${2:?}; shift 2 ;;
-  --big-mib) big_mib=${2:?}; shift 2 ;;
-  --dir) parent=${2:?}; shift 2 ;;
-  -h | --help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
-  *) die "unknown argument '$1' (see --help)" ;;
-  esac
-done
-for v in "$reps" "$small" "$big_mib"; do
-  [[ $v =~ ^[1-9][0-9]*$ ]] || die "'$v' is not a positive whole number"
-done
+source bench/options.sh
+[ ${#rest[@]} = 0 ] || die "unknown argument '${rest[0]}' (see --help)"
 
 image=${ASME_BENCH_IMAGE:-asme-test/debian}
 asme=${ASME_BIN:-$PWD/target/x86_64-unknown-linux-gnu/release/asme}
 user=${ASME_BENCH_USER:-1234}
-code=$(cat bench/io_workload.py)
+code=$(cat bench/workload.py)
 
 [ "$(id -u)" = 0 ] || die "run it as root (it drops the page cache and runs asme as user $user)"
 docker info >/dev/null 2>&1 || die "the Docker engine is unreachable ('docker info' fails)"
@@ -102,7 +85,7 @@ phase() {
   local mode=$1 out name value want=plain
   [ "$mode" = asme ] && want=idmapped
   drop_caches
-  out=$("run_$mode" python3 -c "$code" "$2" "$3") || die "$mode $2 failed"
+  out=$("run_$mode" python3 -c "$code" --mount-kind /w "$2" "$3") || die "$mode $2 failed"
   while read -r name value; do
     case $name in
     mount) [ "$value" = "$want" ] || die "$mode run: /w is a $value mount, expected $want" ;;
