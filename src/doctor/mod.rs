@@ -32,18 +32,24 @@ pub struct Report {
     pub auto: String,
 }
 
+/// The engine row; every field is null where the engine could not be asked.
 #[derive(Debug, Default, Serialize)]
 pub struct EngineReport {
+    /// The CLI's version (`docker version`).
     pub client: Option<String>,
+    /// The daemon's version.
     pub server: Option<String>,
+    /// Rootful, rootless, Podman or Docker Desktop.
     pub kind: Option<Kind>,
     /// Why the engine could not be used, if it could not.
     pub error: Option<String>,
 }
 
+/// The path row: the folder doctor was asked about (PATH, or the working folder).
 #[derive(Debug, Serialize)]
 pub struct PathReport {
     pub path: PathBuf,
+    /// Its filesystem's name (`ext4`, `fuse`...), or its magic number.
     pub fs_type: String,
     /// Whether an idmapped mount of a folder there worked; null when it was not tried.
     pub idmap: Option<bool>,
