@@ -398,19 +398,27 @@ fn attach_all(
     for (i, source) in sources.iter().enumerate() {
         let failed =
             |what: &str, e: io::Error| Refusal(ErrorKind::Failed, format!("{what}: {e}"), Some(i));
-        let is_dir = mount::is_dir(source.as_fd()).map_err(|e| failed("reading the folder", e))?;
-        let tree = userns.idmapped_tree(source.as_fd()).map_err(|e| {
-            let kind = match e.raw_os_error() {
-                Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP) => ErrorKind::Unsupported,
-                Some(libc::EACCES) => ErrorKind::Unreachable,
-                _ => ErrorKind::Failed,
-            };
-            Refusal(
-                kind,
-                format!("the kernel refuses an idmapped mount there: {e}"),
-                Some(i),
-            )
+        // The peer could open it, the agent may not: a FUSE share mounted without
+        // allow_other answers root's own requests with EACCES, and so it does the engine's.
+        let unreachable = |e: io::Error| {
+            let message = format!("the engine may not enter it, though you can: {e}");
+            Refusal(ErrorKind::Unreachable, message, Some(i))
+        };
+        let is_dir = mount::is_dir(source.as_fd()).map_err(|e| match e.raw_os_error() {
+            Some(libc::EACCES) => unreachable(e),
+            _ => failed("reading the folder", e),
         })?;
+        let tree = userns
+            .idmapped_tree(source.as_fd())
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP) => Refusal(
+                    ErrorKind::Unsupported,
+                    format!("the kernel refuses an idmapped mount there: {e}"),
+                    Some(i),
+                ),
+                Some(libc::EACCES) => unreachable(e),
+                _ => failed("making the idmapped mount", e),
+            })?;
         let target = lease.join(i.to_string());
         let created = if is_dir {
             fs::create_dir(&target)
