@@ -565,17 +565,7 @@ fn an_idmap_less_source_falls_back_or_fails_cleanly() {
             "touch /w/f && id -u",
         ],
     ));
-    let notices: Vec<_> = run
-        .stderr
-        .lines()
-        .filter(|l| l.contains("notice"))
-        .collect();
-    assert_eq!(notices.len(), 1, "{}", run.explain());
-    assert!(
-        notices[0].contains("using the fuse strategy"),
-        "{}",
-        run.explain()
-    );
+    run.assert_one_notice("using the fuse strategy");
     assert_eq!(run.ok().trim(), "0");
     assert_all_owned(&src.path, user, 1);
     let served = format!("fuse.asme {} ", mnt.path.display());

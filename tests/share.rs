@@ -49,17 +49,7 @@ fn a_share_the_engine_cannot_see_is_served_by_fuse() {
             "echo hi > /w/out && id -u",
         ],
     ));
-    let notices: Vec<_> = run
-        .stderr
-        .lines()
-        .filter(|l| l.contains("notice"))
-        .collect();
-    assert_eq!(notices.len(), 1, "{}", run.explain());
-    assert!(
-        notices[0].contains("using the fuse strategy"),
-        "{}",
-        run.explain()
-    );
+    run.assert_one_notice("using the fuse strategy");
     assert_eq!(run.ok().trim(), "0");
     // Checked on the folder sshd serves, not through the user's mount (root may not enter it).
     let out = share.backing.join("out");

@@ -263,6 +263,17 @@ impl Run {
     pub fn code(&self) -> Option<i32> {
         self.status
     }
+
+    /// Asserts that asme said exactly one `notice` line on stderr, and that it holds `needle`.
+    pub fn assert_one_notice(&self, needle: &str) {
+        let notices: Vec<_> = self
+            .stderr
+            .lines()
+            .filter(|l| l.contains("notice"))
+            .collect();
+        assert_eq!(notices.len(), 1, "{}", self.explain());
+        assert!(notices[0].contains(needle), "{}", self.explain());
+    }
 }
 
 /// Runs and requires success; returns stdout.
