@@ -377,7 +377,18 @@ fn a_missing_volume_source_is_created_as_the_owner() {
 }
 
 /// No lease is left on the host: no mount under the agent's leases folder, no folder there.
+/// The agent releases a lease when it sees its client's connection close, so this polls with
+/// a deadline first.
 fn assert_no_leases() {
+    let none_left = || {
+        let mounts = fs::read_to_string("/proc/self/mounts").unwrap();
+        let folders = fs::read_dir("/run/asme/leases").map_or(0, |d| d.count());
+        !mounts.contains("/run/asme/leases/") && folders == 0
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !none_left() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     let mounts = fs::read_to_string("/proc/self/mounts").unwrap();
     assert!(
         !mounts.contains("/run/asme/leases/"),
@@ -425,24 +436,7 @@ fn nothing_outlives_the_run() {
         "up",
     );
     testenv::kill_asme(child, &name);
-    // The agent releases the lease when it sees the connection close; poll with a deadline.
-    wait_until(|| {
-        !fs::read_to_string("/proc/self/mounts")
-            .unwrap()
-            .contains("/run/asme/leases/")
-    });
     assert_no_leases();
-}
-
-fn wait_until(mut done: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !done() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "condition not met within 10 s"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
 }
 
 #[test]
@@ -630,7 +624,6 @@ fn a_container_started_again_without_asme_is_refused() {
     ok(cmd);
     // The agent releases the lease (detaches, then removes its folder) when it sees the
     // connection close; poll with a deadline.
-    wait_until(|| fs::read_dir("/run/asme/leases").map_or(true, |mut d| d.next().is_none()));
     assert_no_leases();
     let mut start = as_user(user, &dir.path);
     start.args(["docker", "start", "-a", &name.0]);
