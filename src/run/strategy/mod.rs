@@ -133,17 +133,24 @@ pub fn prepare<'a>(
             Err(Refusal::Unavailable(e) | Refusal::Fatal(e)) => Err(e),
         };
     }
-    let mut before: Option<(Name, Refusal)> = None;
+    // The strategies auto passed over, and why: the user hears of each in one notice line.
+    let mut passed: Vec<(Name, Refusal)> = Vec::new();
     for name in AUTO {
-        if !name.fits(ctx, before.as_ref().map(|(_, why)| why)) {
+        if !name.fits(ctx, passed.last().map(|(_, why)| why)) {
             continue;
         }
         match name.prepare(ctx, args) {
             Ok(prepared) => {
-                if let Some((failed, why)) = &before {
+                if !passed.is_empty() {
+                    let reasons: Vec<String> = passed
+                        .iter()
+                        .map(|(failed, why)| {
+                            format!("{} strategy unavailable ({why:#})", failed.as_str())
+                        })
+                        .collect();
                     eprintln!(
-                        "asme: notice: {} strategy unavailable ({why:#}); using the {} strategy",
-                        failed.as_str(),
+                        "asme: notice: {}; using the {} strategy",
+                        reasons.join("; "),
                         name.as_str()
                     );
                 }
@@ -151,13 +158,7 @@ pub fn prepare<'a>(
             }
             Err(Refusal::Fatal(e)) => return Err(e),
             Err(why) if name == Name::User => return Err(why.into()),
-            Err(why) => {
-                // The first refusal is what the user needs to hear about (fuse after idmap
-                // only ever fails for want of FUSE, said by its own error).
-                if before.is_none() || name != Name::Fuse {
-                    before = Some((name, why));
-                }
-            }
+            Err(why) => passed.push((name, why)),
         }
     }
     unreachable!("the user strategy always answers")
