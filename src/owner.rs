@@ -68,8 +68,9 @@ impl FromStr for OwnerSpec {
     }
 }
 
-/// An id as the kernel accepts it: 4294967295 is (uid_t)-1, "no change", never an owner.
-fn parse_id(s: &str) -> Option<u32> {
+/// An id as the kernel accepts it, in decimal digits only: 4294967295 is (uid_t)-1, "no
+/// change", never an owner.
+pub fn parse_id(s: &str) -> Option<u32> {
     if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }

@@ -21,4 +21,5 @@
 //! The driver uses lower layers only (`sys`, `owner`, `cache`, `engine`, `idmap`, `fs`);
 //! nothing below it uses it.
 
+pub mod options;
 pub mod protocol;
