@@ -23,3 +23,4 @@
 
 pub mod options;
 pub mod protocol;
+pub mod state;
