@@ -2,7 +2,7 @@
 //!
 //! The binary is a thin CLI (`main.rs`, `cli.rs`) over these modules, each owning one concern.
 //! Dependencies run one way, lowest first: `sys`, `exit` → `identity`, `owner`, `cache`,
-//! `init` → `engine`, `idmap`, `fs`, `chown` → `agent` → `fix` → `run` → `doctor`.
+//! `init` → `engine`, `idmap`, `fs`, `chown` → `plugin`, `agent` → `fix` → `run` → `doctor`.
 
 pub mod agent;
 pub mod cache;
