@@ -17,5 +17,6 @@ pub mod identity;
 pub mod idmap;
 pub mod init;
 pub mod owner;
+pub mod plugin;
 pub mod run;
 pub mod sys;

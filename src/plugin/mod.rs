@@ -1,0 +1,3 @@
+//! The asme volume driver (a managed Docker plugin).
+
+pub mod http;
