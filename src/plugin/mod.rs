@@ -15,12 +15,14 @@
 //!   its files become. Pure.
 //! - `state`: the volumes and their mount IDs on disk, written atomically, so a restarted
 //!   plugin knows what is mapped; reference counting by mount ID.
+//! - `http`: the endpoint on the plugin's unix socket (hyper), answering with a plain function.
 //!
-//! The server (socket, requests to actions), making the mappings (`idmap`, or `fs` where a
+//! The driver's request handling, making the mappings (`idmap`, or `fs` where a
 //! filesystem refuses idmapped mounts) and installing the plugin come on top of these.
 //! The driver uses lower layers only (`sys`, `owner`, `cache`, `engine`, `idmap`, `fs`);
 //! nothing below it uses it.
 
+pub mod http;
 pub mod options;
 pub mod protocol;
 pub mod state;
