@@ -101,6 +101,12 @@ pub enum Command {
         lazy: bool,
     },
 
+    /// The volume driver: `docker volume create -d asme -o source=DIR` (a managed plugin).
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
+
     /// The idmap agent: the container that makes idmapped mounts for `asme run`.
     Agent {
         #[command(subcommand)]
@@ -187,6 +193,19 @@ pub enum AgentCommand {
         #[arg(long, default_value = "dockerd")]
         daemon: String,
     },
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum PluginCommand {
+    /// Build the plugin `asme` from this binary and enable it (nothing is pulled; no sudo).
+    Install,
+    /// Disable and remove the plugin (the folders of its volumes are never touched).
+    Uninstall,
+    /// Say whether this build's plugin is installed and enabled.
+    Status,
+    /// (inside the plugin) answer dockerd's volume requests.
+    #[command(hide = true)]
+    Serve,
 }
 
 /// How ownership of bind-mount writes is achieved.

@@ -7,7 +7,7 @@ use clap::{CommandFactory as _, Parser as _};
 
 use asme::cache::Cache;
 use asme::chown::SummaryTo;
-use asme::cli::{AgentCommand, Cli, Command};
+use asme::cli::{AgentCommand, Cli, Command, PluginCommand};
 use asme::engine::Engine;
 use asme::exit::Exit;
 use asme::{agent, doctor, fix, fs, init, run};
@@ -82,6 +82,7 @@ fn dispatch(cli: &Cli) -> Result<Exit> {
             doctor::main(cli.engine, cli.owner, path.as_deref(), *json).map(Exit::from_ok)
         }
         Command::DoctorWrite { path } => doctor::write_probe(path).map(done),
+        Command::Plugin { command } => plugin(cli, command).map(done),
         Command::Agent {
             command: AgentCommand::Serve { daemon },
         } => agent::server::serve(daemon).map(done),
@@ -90,6 +91,34 @@ fn dispatch(cli: &Cli) -> Result<Exit> {
         } => Engine::detect(cli.engine)
             .and_then(|e| agent::stop(&e))
             .map(done),
+    }
+}
+
+fn plugin(cli: &Cli, command: &PluginCommand) -> Result<()> {
+    use asme::plugin::install;
+    if let PluginCommand::Serve = command {
+        return install::serve();
+    }
+    let engine = Engine::detect(cli.engine)?;
+    match command {
+        PluginCommand::Install => {
+            let exe = std::env::current_exe()?;
+            install::install(&engine, &exe)
+        }
+        PluginCommand::Uninstall => install::uninstall(&engine),
+        PluginCommand::Status => {
+            println!(
+                "{}",
+                match install::status(&engine)? {
+                    install::Status::Missing => "not installed",
+                    install::Status::Current { enabled: true } => "installed and enabled",
+                    install::Status::Current { enabled: false } => "installed, not enabled",
+                    install::Status::Other => "installed from another asme build",
+                }
+            );
+            Ok(())
+        }
+        PluginCommand::Serve => unreachable!("served above"),
     }
 }
 

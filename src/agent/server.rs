@@ -41,7 +41,7 @@ pub fn serve(daemon: &str) -> Result<()> {
     // setns(2) into a mount namespace refuses multi-threaded callers: do it first. The leases
     // must live where the engine resolves bind sources: the daemon's mount namespace (host
     // PID 1 may also refuse to be opened, as on some VMs).
-    let host = daemon_pid(daemon).unwrap_or(1);
+    let host = crate::engine::kind::daemon_pid(daemon).unwrap_or(1);
     mount::enter_mount_namespace(host).with_context(|| {
         format!(
             "joining the mount namespace of pid {host} (the agent needs --pid=host, SYS_ADMIN, \
@@ -89,14 +89,6 @@ pub fn serve(daemon: &str) -> Result<()> {
     Ok(())
 }
 
-/// The engine daemon's pid, seen through --pid=host.
-fn daemon_pid(daemon: &str) -> Option<u32> {
-    fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
-        let pid = entry.file_name().to_str()?.parse::<u32>().ok()?;
-        let comm = fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
-        (comm.trim_end() == daemon).then_some(pid)
-    })
-}
 
 /// Binds the socket under a temporary name, sets owner and mode, then renames it into place,
 /// so nobody outside the docker group ever finds it open.

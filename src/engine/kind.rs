@@ -28,6 +28,17 @@ impl Program {
     }
 }
 
+/// The pid of the process named `daemon` (`comm`), seen through the host's pids (the agent's
+/// `--pid=host`, the plugin's `pidhost`). Its `/proc/PID/root` and `/proc/PID/ns/mnt` are
+/// the host's as the engine sees them; host PID 1 may refuse to be opened, as on some VMs.
+pub fn daemon_pid(daemon: &str) -> Option<u32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
+        let pid = entry.file_name().to_str()?.parse::<u32>().ok()?;
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+        (comm.trim_end() == daemon).then_some(pid)
+    })
+}
+
 /// How the engine that answers runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]

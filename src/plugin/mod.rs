@@ -22,7 +22,9 @@
 //! The driver uses lower layers only (`sys`, `owner`, `cache`, `engine`, `idmap`, `fs`);
 //! nothing below it uses it.
 
+pub mod driver;
 pub mod http;
+pub mod install;
 pub mod options;
 pub mod protocol;
 pub mod state;

@@ -63,6 +63,18 @@ pub fn open_folder_path(path: &std::path::Path) -> io::Result<OwnedFd> {
     )?)
 }
 
+/// Opens the folder `path` as a handle (O_PATH), resolved as if `root` were `/`: `..` and
+/// absolute symlinks stay inside `root` (RESOLVE_IN_ROOT).
+pub fn open_folder_in_root(root: BorrowedFd<'_>, path: &std::path::Path) -> io::Result<OwnedFd> {
+    Ok(rustix::fs::openat2(
+        root,
+        path,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+    )?)
+}
+
 /// Names the mount that `fd` is on: (device, filesystem type, mount id). The mount id is
 /// the kernel's unique one where it has it (Linux 6.8+): device numbers of FUSE and NFS
 /// mounts are reused by later mounts, unique mount ids never are.

@@ -11,8 +11,9 @@ use std::path::Path;
 use rustix::mount::{MoveMountFlags, OpenTreeFlags, UnmountFlags, move_mount, open_tree, unmount};
 use rustix::thread::{LinkNameSpaceType, move_into_link_name_space};
 
-/// `MOUNT_ATTR_IDMAP` from linux/mount.h.
+/// `MOUNT_ATTR_IDMAP` and `MOUNT_ATTR_RDONLY` from linux/mount.h.
 const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+const MOUNT_ATTR_RDONLY: u64 = 0x0000_0001;
 
 /// `struct mount_attr` from linux/mount.h (MOUNT_ATTR_SIZE_VER0).
 #[repr(C)]
@@ -44,11 +45,21 @@ pub fn clone_tree(source: BorrowedFd<'_>) -> io::Result<OwnedFd> {
 /// EINVAL when the filesystem does not support idmapped mounts (FUSE without opt-in, NFS,
 /// overlayfs), EPERM without CAP_SYS_ADMIN, ENOSYS before Linux 5.12.
 pub fn set_idmap(tree: BorrowedFd<'_>, userns: BorrowedFd<'_>) -> io::Result<()> {
+    mount_setattr(tree, MOUNT_ATTR_IDMAP, userns.as_raw_fd() as u64)
+}
+
+/// Makes every mount of a detached tree read-only.
+pub fn set_read_only(tree: BorrowedFd<'_>) -> io::Result<()> {
+    mount_setattr(tree, MOUNT_ATTR_RDONLY, 0)
+}
+
+/// mount_setattr(2) of `attr_set` on `tree` and everything under it.
+fn mount_setattr(tree: BorrowedFd<'_>, attr_set: u64, userns_fd: u64) -> io::Result<()> {
     let attr = MountAttr {
-        attr_set: MOUNT_ATTR_IDMAP,
+        attr_set,
         attr_clr: 0,
         propagation: 0,
-        userns_fd: userns.as_raw_fd() as u64,
+        userns_fd,
     };
     // SAFETY: `attr` is a valid, initialised struct mount_attr that outlives the call, its size
     // is passed alongside, and the path is a NUL-terminated empty string.

@@ -1,0 +1,176 @@
+//! Installing the driver: the managed plugin `asme`, built here from asme's own binary (a
+//! rootfs folder and its `config.json`, given to `docker plugin create`: nothing is pulled),
+//! and `asme plugin serve`, what runs inside it.
+//!
+//! A docker-group user can create and enable a plugin without sudo. The plugin's description
+//! names the build, so an upgraded asme replaces an older plugin by itself, as the agent does.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use nix::sys::signal::{SigSet, Signal};
+use serde_json::json;
+
+use super::driver::{Driver, HOST, VOLUMES};
+use super::http;
+use crate::engine::Engine;
+
+/// The plugin's (and so the driver's) name: `docker volume create -d asme`.
+pub const NAME: &str = "asme";
+
+/// Where the plugin keeps its state, inside its own rootfs: it lasts across plugin and
+/// engine restarts (not across `asme plugin uninstall`).
+const STATE: &str = "/state";
+
+/// The socket dockerd expects, from `interface.socket` in the config.
+const SOCKET: &str = "/run/docker/plugins/asme.sock";
+
+/// What `docker plugin inspect` says of an installed plugin.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Status {
+    Missing,
+    /// Installed from this very build; enabled or not.
+    Current { enabled: bool },
+    /// Installed from another build.
+    Other,
+}
+
+/// The plugin's description, naming this build.
+fn description() -> String {
+    format!("asme volume driver, build {}", env!("ASME_BUILD"))
+}
+
+pub fn status(engine: &Engine) -> Result<Status> {
+    let out = match engine.output([
+        "plugin",
+        "inspect",
+        "--format",
+        "{{.Enabled}} {{.Config.Description}}",
+        NAME,
+    ]) {
+        Ok(out) => out,
+        Err(e) if e.to_string().contains("not found") => return Ok(Status::Missing),
+        Err(e) => return Err(e.context("inspecting the asme plugin")),
+    };
+    let (enabled, described) = out.trim().split_once(' ').unwrap_or((out.trim(), ""));
+    if described != description() {
+        return Ok(Status::Other);
+    }
+    Ok(Status::Current {
+        enabled: enabled == "true",
+    })
+}
+
+/// `asme plugin install`: makes sure this build's plugin is installed and enabled.
+pub fn install(engine: &Engine, exe: &Path) -> Result<()> {
+    match status(engine)? {
+        Status::Current { enabled: true } => return Ok(()),
+        Status::Current { enabled: false } => {}
+        Status::Other => {
+            remove(engine)?;
+            create(engine, exe)?;
+        }
+        Status::Missing => create(engine, exe)?,
+    }
+    match engine.output(["plugin", "enable", NAME]) {
+        Ok(_) => Ok(()),
+        // Another asme enabled it at the same moment.
+        Err(e) if e.to_string().contains("already enabled") => Ok(()),
+        Err(e) => Err(e.context("enabling the asme plugin")),
+    }
+}
+
+/// `asme plugin uninstall`: disables and removes the plugin (its volumes' definitions go
+/// with it; their folders are never touched).
+pub fn uninstall(engine: &Engine) -> Result<()> {
+    if status(engine)? != Status::Missing {
+        remove(engine)?;
+    }
+    Ok(())
+}
+
+fn remove(engine: &Engine) -> Result<()> {
+    let _ = engine.output(["plugin", "disable", "-f", NAME]);
+    match engine.output(["plugin", "rm", "-f", NAME]) {
+        Err(e) if !e.to_string().contains("not found") => Err(e.context("removing the asme plugin")),
+        _ => Ok(()),
+    }
+}
+
+/// `docker plugin create` from a folder holding `config.json` and `rootfs/` (asme's binary
+/// and the folders the plugin uses).
+fn create(engine: &Engine, exe: &Path) -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("asme-plugin-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let result = (|| {
+        let rootfs = dir.join("rootfs");
+        for folder in [
+            "proc",
+            "dev",
+            "sys",
+            "tmp",
+            "etc",
+            "run/docker/plugins",
+            STATE,
+            VOLUMES,
+            HOST,
+        ] {
+            let path = rootfs.join(folder.trim_start_matches('/'));
+            std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+        }
+        std::fs::copy(exe, rootfs.join("asme")).context("copying asme into the plugin")?;
+        std::fs::write(dir.join("config.json"), config().to_string())?;
+        let dir = dir.to_string_lossy().into_owned();
+        engine
+            .output(["plugin", "create", NAME, &dir])
+            .map(drop)
+            .context("creating the asme plugin")
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    match result {
+        // Another asme created it at the same moment.
+        Err(e) if format!("{e:#}").contains("already exists") => Ok(()),
+        other => other,
+    }
+}
+
+/// The plugin's configuration. Its privileges are what the mapping needs: reaching the
+/// host's folders through /proc/1/root (pidhost, SYS_PTRACE, DAC_READ_SEARCH), making
+/// idmapped mounts (SYS_ADMIN) and the user namespace that carries the mapping (SETUID,
+/// SETGID, SETFCAP). Containers get nothing from them: they only see the mounts.
+fn config() -> serde_json::Value {
+    json!({
+        "description": description(),
+        "documentation": "asme plugin --help",
+        "entrypoint": ["/asme", "plugin", "serve"],
+        "interface": {"types": [super::protocol::INTERFACE], "socket": "asme.sock"},
+        "propagatedMount": VOLUMES,
+        "network": {"type": "host"},
+        "pidhost": true,
+        "mounts": [{
+            "source": "/", "destination": HOST, "type": "bind",
+            "options": ["rbind", "rslave"]
+        }],
+        "linux": {"capabilities": [
+            "CAP_SYS_ADMIN", "CAP_SYS_PTRACE", "CAP_DAC_READ_SEARCH",
+            "CAP_SETUID", "CAP_SETGID", "CAP_SETFCAP"
+        ]}
+    })
+}
+
+/// `asme plugin serve` (inside the plugin): answers dockerd until SIGTERM or SIGINT.
+pub fn serve() -> Result<()> {
+    // PID 1 of the plugin ignores SIGTERM unless it handles it: `docker plugin disable`
+    // would wait for its timeout.
+    let stop = SigSet::from_iter([Signal::SIGTERM, Signal::SIGINT]);
+    stop.thread_block().context("blocking signals")?;
+    std::thread::spawn(move || {
+        let _ = stop.wait();
+        std::process::exit(0);
+    });
+    if !Path::new(VOLUMES).is_dir() {
+        bail!("{VOLUMES} is missing: asme plugin serve runs inside the asme plugin");
+    }
+    let driver = Driver::start(Path::new(STATE))?;
+    http::serve(Path::new(SOCKET), move |path, body| driver.answer(path, body))
+}
