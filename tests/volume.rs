@@ -1,0 +1,170 @@
+//! e2e: the volume driver (`asme plugin install`, `docker volume create -d asme`), as an
+//! ordinary user on the real engine: what a root container writes lands as the owner, and
+//! keeps doing so when docker alone starts the container again.
+
+mod testenv;
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+use testenv::{ContainerName, Run, TestDir, User, as_user, asme_as, image, ok, user1234};
+
+/// The tests share the one plugin `asme`: one at a time.
+fn plugin() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// `docker ARGS` as `user`.
+fn docker_as(user: &User, dir: &Path, args: &[&str]) -> Run {
+    let mut cmd = as_user(user, dir);
+    cmd.arg("docker").args(args);
+    Run::of(cmd)
+}
+
+/// A volume of the driver, removed when dropped (its folder is the test's).
+struct Volume<'u> {
+    name: String,
+    user: &'u User,
+}
+
+impl<'u> Volume<'u> {
+    fn create(user: &'u User, label: &str, opts: &[&str]) -> Volume<'u> {
+        let name = format!("asme-test-{label}-{}", std::process::id());
+        let mut args = vec!["volume", "create", "-d", "asme"];
+        for opt in opts {
+            args.extend(["-o", opt]);
+        }
+        args.push(&name);
+        docker_as(user, &user.home, &args).ok();
+        Volume { name, user }
+    }
+}
+
+impl Drop for Volume<'_> {
+    fn drop(&mut self) {
+        let _ = docker_as(
+            self.user,
+            &self.user.home,
+            &["volume", "rm", "-f", &self.name],
+        );
+    }
+}
+
+fn install(user: &User) {
+    ok(asme_as(user, &user.home, &["plugin", "install"]));
+    let status = ok(asme_as(user, &user.home, &["plugin", "status"]));
+    assert_eq!(status.trim(), "installed and enabled");
+}
+
+#[test]
+fn root_writes_land_as_the_owner_across_restarts() {
+    let _plugin = plugin();
+    let user = user1234();
+    install(user);
+    let dir = TestDir::new(user, "volume-data");
+    let source = format!("source={}", dir.path.display());
+    let volume = Volume::create(user, "data", &[&source]);
+    let mount = format!("{}:/w", volume.name);
+    let busybox = image("busybox");
+
+    // Two containers at once, both root inside, both writing as the owner.
+    let name = ContainerName::new("volume-long");
+    let long = docker_as(
+        user,
+        &dir.path,
+        &[
+            "run", "-d", "--name", &name.0, "-v", &mount, &busybox, "sleep", "600",
+        ],
+    );
+    long.ok();
+    let run = docker_as(
+        user,
+        &dir.path,
+        &[
+            "run",
+            "--rm",
+            "-v",
+            &mount,
+            &busybox,
+            "sh",
+            "-c",
+            "id -u; mkdir /w/d; touch /w/d/f",
+        ],
+    );
+    assert_eq!(run.ok(), "0\n");
+    ok(as_user(user, &dir.path).args(["docker", "exec", &name.0, "touch", "/w/from-exec"]));
+    for entry in ["d", "d/f", "from-exec"] {
+        let meta = fs::symlink_metadata(dir.join(entry)).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (user.uid, user.gid), "{entry}");
+    }
+    // The owner's files look like root's inside.
+    let seen = docker_as(
+        user,
+        &dir.path,
+        &[
+            "run", "--rm", "-v", &mount, &busybox, "stat", "-c", "%u:%g", "/w/d/f",
+        ],
+    );
+    assert_eq!(seen.ok(), "0:0\n");
+
+    // Started again by docker alone, a container keeps its mapping.
+    let again = ContainerName::new("volume-again");
+    let script = "echo run >> /w/log";
+    docker_as(
+        user,
+        &dir.path,
+        &[
+            "run", "--name", &again.0, "-v", &mount, &busybox, "sh", "-c", script,
+        ],
+    )
+    .ok();
+    docker_as(user, &dir.path, &["start", "-a", &again.0]).ok();
+    assert_eq!(fs::read_to_string(dir.join("log")).unwrap(), "run\nrun\n");
+    let meta = fs::metadata(dir.join("log")).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (user.uid, user.gid));
+
+    // Removing the volume never touches its folder.
+    drop(name);
+    drop(again);
+    drop(volume);
+    assert!(dir.join("d/f").exists() && dir.join("log").exists());
+}
+
+#[test]
+fn bad_options_are_refused_in_one_line_and_leave_no_volume() {
+    let _plugin = plugin();
+    let user = user1234();
+    install(user);
+    let dir = TestDir::new(user, "volume-bad");
+    let missing = format!("source={}/missing", dir.path.display());
+    let cases: &[(&[&str], &str)] = &[
+        (&[], "missing option source"),
+        (&["source=relative/dir"], "relative"),
+        (&[&missing, "uid=0"], "missing"),
+        (&["source=/tmp", "bogus=1"], "unknown option 'bogus'"),
+        (&["source=/tmp", "uid=x"], "uid"),
+        (&["source=/tmp", "owner=bob"], "invalid owner 'bob'"),
+    ];
+    for (i, (opts, needle)) in cases.iter().enumerate() {
+        let name = format!("asme-test-bad-{i}-{}", std::process::id());
+        let mut args = vec!["volume", "create", "-d", "asme"];
+        for opt in *opts {
+            args.extend(["-o", opt]);
+        }
+        args.push(&name);
+        let run = docker_as(user, &dir.path, &args);
+        assert_ne!(run.code(), Some(0), "{}", run.explain());
+        assert_eq!(run.stderr.trim().lines().count(), 1, "{}", run.explain());
+        assert!(run.stderr.contains(needle), "{}", run.explain());
+        let left = docker_as(user, &dir.path, &["volume", "inspect", &name]);
+        assert_ne!(
+            left.code(),
+            Some(0),
+            "volume {name} was left: {}",
+            left.stdout
+        );
+    }
+}
