@@ -89,7 +89,6 @@ pub fn serve(daemon: &str) -> Result<()> {
     Ok(())
 }
 
-
 /// Binds the socket under a temporary name, sets owner and mode, then renames it into place,
 /// so nobody outside the docker group ever finds it open.
 fn listen(path: &Path) -> Result<UnixListener> {

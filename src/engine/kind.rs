@@ -32,11 +32,14 @@ impl Program {
 /// `--pid=host`, the plugin's `pidhost`). Its `/proc/PID/root` and `/proc/PID/ns/mnt` are
 /// the host's as the engine sees them; host PID 1 may refuse to be opened, as on some VMs.
 pub fn daemon_pid(daemon: &str) -> Option<u32> {
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
-        let pid = entry.file_name().to_str()?.parse::<u32>().ok()?;
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
-        (comm.trim_end() == daemon).then_some(pid)
-    })
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid = entry.file_name().to_str()?.parse::<u32>().ok()?;
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+            (comm.trim_end() == daemon).then_some(pid)
+        })
 }
 
 /// How the engine that answers runs.

@@ -21,8 +21,8 @@ use super::protocol::{
     MountRequest, MountpointResponse, Request, VolumeInfo, rfc3339, route,
 };
 use super::state::{MountAction, SharedState, State, UnmountAction, Volume};
-use crate::idmap::{IdMap, UserNamespace};
 use crate::identity::{Entry as _, PasswdEntry};
+use crate::idmap::{IdMap, UserNamespace};
 use crate::owner::Owner;
 use crate::sys::{fs as sysfs, mount};
 
@@ -64,7 +64,10 @@ impl Driver {
     /// Answers one request: `path` is the endpoint, `body` its JSON.
     pub fn answer(&self, path: &str, body: &[u8]) -> Answer {
         let Some(endpoint) = route(path) else {
-            return reply(404, &ErrorResponse::new(format!("no such endpoint: {path}")));
+            return reply(
+                404,
+                &ErrorResponse::new(format!("no such endpoint: {path}")),
+            );
         };
         let result = Request::decode(endpoint, body)
             .map_err(anyhow::Error::from)
@@ -207,9 +210,12 @@ fn attach(name: &str, volume: &Volume) -> Result<()> {
     let gids = IdMap::for_owner(spec.gid, volume.owner.gid)?;
     let source = open_source(&spec.source)?;
     let userns = UserNamespace::new(&uids, &gids).context("creating the id mapping")?;
-    let tree = userns
-        .idmapped_tree(source.as_fd())
-        .with_context(|| format!("the kernel refuses an idmapped mount of {}", spec.source.display()))?;
+    let tree = userns.idmapped_tree(source.as_fd()).with_context(|| {
+        format!(
+            "the kernel refuses an idmapped mount of {}",
+            spec.source.display()
+        )
+    })?;
     if spec.access == options::Access::ReadOnly {
         mount::set_read_only(tree.as_fd()).context("making the volume read-only")?;
     }

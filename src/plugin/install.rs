@@ -30,7 +30,9 @@ const SOCKET: &str = "/run/docker/plugins/asme.sock";
 pub enum Status {
     Missing,
     /// Installed from this very build; enabled or not.
-    Current { enabled: bool },
+    Current {
+        enabled: bool,
+    },
     /// Installed from another build.
     Other,
 }
@@ -92,7 +94,9 @@ pub fn uninstall(engine: &Engine) -> Result<()> {
 fn remove(engine: &Engine) -> Result<()> {
     let _ = engine.output(["plugin", "disable", "-f", NAME]);
     match engine.output(["plugin", "rm", "-f", NAME]) {
-        Err(e) if !e.to_string().contains("not found") => Err(e.context("removing the asme plugin")),
+        Err(e) if !e.to_string().contains("not found") => {
+            Err(e.context("removing the asme plugin"))
+        }
         _ => Ok(()),
     }
 }
@@ -116,7 +120,8 @@ fn create(engine: &Engine, exe: &Path) -> Result<()> {
             HOST,
         ] {
             let path = rootfs.join(folder.trim_start_matches('/'));
-            std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+            std::fs::create_dir_all(&path)
+                .with_context(|| format!("creating {}", path.display()))?;
         }
         std::fs::copy(exe, rootfs.join("asme")).context("copying asme into the plugin")?;
         std::fs::write(dir.join("config.json"), config().to_string())?;
@@ -172,5 +177,7 @@ pub fn serve() -> Result<()> {
         bail!("{VOLUMES} is missing: asme plugin serve runs inside the asme plugin");
     }
     let driver = Driver::start(Path::new(STATE))?;
-    http::serve(Path::new(SOCKET), move |path, body| driver.answer(path, body))
+    http::serve(Path::new(SOCKET), move |path, body| {
+        driver.answer(path, body)
+    })
 }
