@@ -33,14 +33,28 @@ struct Volume<'u> {
 impl<'u> Volume<'u> {
     fn create(user: &'u User, label: &str, opts: &[&str]) -> Volume<'u> {
         let name = format!("asme-test-{label}-{}", std::process::id());
-        let mut args = vec!["volume", "create", "-d", "asme"];
-        for opt in opts {
-            args.extend(["-o", opt]);
-        }
-        args.push(&name);
-        docker_as(user, &user.home, &args).ok();
+        create(user, &name, opts).ok();
         Volume { name, user }
     }
+}
+
+/// `docker volume create -d asme -o OPT... NAME` as `user`.
+fn create(user: &User, name: &str, opts: &[&str]) -> Run {
+    let mut args = vec!["volume", "create", "-d", "asme"];
+    for opt in opts {
+        args.extend(["-o", opt]);
+    }
+    args.push(name);
+    docker_as(user, &user.home, &args)
+}
+
+/// `docker run [FLAGS] -v MOUNT busybox sh -c SCRIPT` as `user`.
+fn sh(user: &User, flags: &[&str], mount: &str, script: &str) -> Run {
+    let busybox = image("busybox");
+    let mut args = vec!["run"];
+    args.extend(flags);
+    args.extend(["-v", mount, &busybox, "sh", "-c", script]);
+    docker_as(user, &user.home, &args)
 }
 
 impl Drop for Volume<'_> {
@@ -68,32 +82,11 @@ fn root_writes_land_as_the_owner_across_restarts() {
     let source = format!("source={}", dir.path.display());
     let volume = Volume::create(user, "data", &[&source]);
     let mount = format!("{}:/w", volume.name);
-    let busybox = image("busybox");
 
     // Two containers at once, both root inside, both writing as the owner.
     let name = ContainerName::new("volume-long");
-    let long = docker_as(
-        user,
-        &dir.path,
-        &[
-            "run", "-d", "--name", &name.0, "-v", &mount, &busybox, "sleep", "600",
-        ],
-    );
-    long.ok();
-    let run = docker_as(
-        user,
-        &dir.path,
-        &[
-            "run",
-            "--rm",
-            "-v",
-            &mount,
-            &busybox,
-            "sh",
-            "-c",
-            "id -u; mkdir /w/d; touch /w/d/f",
-        ],
-    );
+    sh(user, &["-d", "--name", &name.0], &mount, "sleep 600").ok();
+    let run = sh(user, &["--rm"], &mount, "id -u; mkdir /w/d; touch /w/d/f");
     assert_eq!(run.ok(), "0\n");
     ok(as_user(user, &dir.path).args(["docker", "exec", &name.0, "touch", "/w/from-exec"]));
     for entry in ["d", "d/f", "from-exec"] {
@@ -101,26 +94,12 @@ fn root_writes_land_as_the_owner_across_restarts() {
         assert_eq!((meta.uid(), meta.gid()), (user.uid, user.gid), "{entry}");
     }
     // The owner's files look like root's inside.
-    let seen = docker_as(
-        user,
-        &dir.path,
-        &[
-            "run", "--rm", "-v", &mount, &busybox, "stat", "-c", "%u:%g", "/w/d/f",
-        ],
-    );
+    let seen = sh(user, &["--rm"], &mount, "stat -c %u:%g /w/d/f");
     assert_eq!(seen.ok(), "0:0\n");
 
     // Started again by docker alone, a container keeps its mapping.
     let again = ContainerName::new("volume-again");
-    let script = "echo run >> /w/log";
-    docker_as(
-        user,
-        &dir.path,
-        &[
-            "run", "--name", &again.0, "-v", &mount, &busybox, "sh", "-c", script,
-        ],
-    )
-    .ok();
+    sh(user, &["--name", &again.0], &mount, "echo run >> /w/log").ok();
     docker_as(user, &dir.path, &["start", "-a", &again.0]).ok();
     assert_eq!(fs::read_to_string(dir.join("log")).unwrap(), "run\nrun\n");
     let meta = fs::metadata(dir.join("log")).unwrap();
@@ -150,12 +129,7 @@ fn bad_options_are_refused_in_one_line_and_leave_no_volume() {
     ];
     for (i, (opts, needle)) in cases.iter().enumerate() {
         let name = format!("asme-test-bad-{i}-{}", std::process::id());
-        let mut args = vec!["volume", "create", "-d", "asme"];
-        for opt in *opts {
-            args.extend(["-o", opt]);
-        }
-        args.push(&name);
-        let run = docker_as(user, &dir.path, &args);
+        let run = create(user, &name, opts);
         assert_ne!(run.code(), Some(0), "{}", run.explain());
         assert_eq!(run.stderr.trim().lines().count(), 1, "{}", run.explain());
         assert!(run.stderr.contains(needle), "{}", run.explain());
