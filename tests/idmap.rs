@@ -598,10 +598,10 @@ fn agent_stop_removes_it() {
 }
 
 /// A container that `asme run` made is started again by docker alone (`docker start`, a
-/// restart policy): its lease is gone, and docker must refuse it, naming asme, rather than
-/// make an empty root-owned folder where the lease was and let the container write there.
+/// restart policy): its bind mounts are volumes of asme's driver, so it keeps writing into the
+/// owner's folder as the owner, and no lease is left behind.
 #[test]
-fn a_container_started_again_without_asme_is_refused() {
+fn a_container_started_again_by_docker_keeps_the_mapping() {
     let _alone = agent_alone();
     let user = user1234();
     let dir = TestDir::new(user, "idmap-restart");
@@ -622,22 +622,19 @@ fn a_container_started_again_without_asme_is_refused() {
     );
     cmd.args([image("busybox").as_str(), "sh", "-c", "echo run >> /w/log"]);
     ok(cmd);
-    // The agent releases the lease (detaches, then removes its folder) when it sees the
-    // connection close; poll with a deadline.
     assert_no_leases();
     let mut start = as_user(user, &dir.path);
     start.args(["docker", "start", "-a", &name.0]);
-    let again = Run::of(start);
-    assert_ne!(again.code(), Some(0), "{}", again.explain());
-    assert!(
-        again.stderr.contains("asme") && again.stderr.contains("asme-run"),
-        "docker's refusal should name asme and what to do: {}",
-        again.explain()
+    Run::of(start).ok();
+    assert_eq!(
+        fs::read_to_string(dir.path.join("log")).unwrap(),
+        "run\nrun\n"
     );
-    // Nothing was written anywhere: the log has the first run's line only, and no folder
-    // appeared where the lease was.
-    assert_eq!(fs::read_to_string(dir.path.join("log")).unwrap(), "run\n");
+    let meta = fs::metadata(dir.path.join("log")).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (user.uid, user.gid));
     assert_no_leases();
+    // Its volume goes with it.
+    ok(docker(&["rm", "-v", &name.0]));
 }
 
 /// After an engine restart (or a reboot) the agent's container exists but is stopped. Many

@@ -211,6 +211,33 @@ pub fn resolve_owner(
     refuse_root_owner(owner).map(|()| owner)
 }
 
+/// The `--mount` value that gives a container, at `dest`, an anonymous volume of asme's
+/// driver over the host folder `source`, where container ids `container` are stored as
+/// `owner`. docker creates the volume with these options at `docker run` and removes it
+/// with the container (`--rm`, `docker rm -v`).
+pub fn anonymous_volume(
+    dest: &str,
+    source: &Path,
+    owner: Owner,
+    container: (u32, u32),
+    access: Access,
+) -> String {
+    use crate::engine::mount_arg::csv_quote;
+    let mut fields = vec![
+        "type=volume".to_string(),
+        csv_quote(&format!("dst={dest}")),
+        format!("volume-driver={}", super::install::NAME),
+        csv_quote(&format!("volume-opt=source={}", source.display())),
+        format!("volume-opt=owner={owner}"),
+        format!("volume-opt=uid={}", container.0),
+        format!("volume-opt=gid={}", container.1),
+    ];
+    if access == Access::ReadOnly {
+        fields.push("readonly".into());
+    }
+    fields.join(",")
+}
+
 /// `-o owner` as written (`UID` or `UID:GID`), for the state file.
 mod owner_text {
     use super::*;

@@ -129,9 +129,96 @@ fn volume_as_mount(source: &str, rest: &str) -> Option<String> {
     Some(fields.join(","))
 }
 
+/// Where a bind mount appears in the container, as far as a volume of asme's driver can say
+/// it (a volume has no propagation, relabelling or consistency options).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub dest: String,
+    pub read_only: bool,
+}
+
+/// The target of `bind` in `args`; `None` where it says something a volume cannot.
+pub fn volume_target(args: &RunArgs, bind: &BindMount) -> Option<Target> {
+    let value = args.opts[bind.opt].value.as_deref()?;
+    let mut target = Target {
+        dest: String::new(),
+        read_only: false,
+    };
+    match bind.kind {
+        BindKind::Volume => {
+            let rest = value[bind.source.len()..].strip_prefix(':')?;
+            let (dest, options) = rest.split_once(':').unwrap_or((rest, ""));
+            target.dest = dest.to_string();
+            for option in options.split(',').filter(|o| !o.is_empty()) {
+                match option {
+                    "ro" | "readonly" => target.read_only = true,
+                    "rw" => {}
+                    _ => return None,
+                }
+            }
+        }
+        BindKind::Mount => {
+            for field in csv_fields(value) {
+                let (key, val) = field.split_once('=').unwrap_or((field.as_str(), ""));
+                match (key, val) {
+                    ("type" | "source" | "src", _) => {}
+                    ("target" | "dst" | "destination", dest) => target.dest = dest.to_string(),
+                    ("readonly" | "ro", "" | "1" | "true") => target.read_only = true,
+                    ("readonly" | "ro", "0" | "false") => {}
+                    _ => return None,
+                }
+            }
+        }
+    }
+    (!target.dest.is_empty()).then_some(target)
+}
+
+/// `args` with each bind mount replaced by the matching `--mount` value of `values`.
+pub fn with_mount_values(args: &RunArgs, binds: &[BindMount], values: &[String]) -> RunArgs {
+    let mut out = args.clone();
+    for (bind, value) in binds.iter().zip(values) {
+        out.opts[bind.opt] = Opt::new("mount", Some(value));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn volume_targets() {
+        let a = args(&[
+            "-v",
+            "/a:/x",
+            "-v",
+            "/b:/y:ro",
+            "-v",
+            "/c:/z:rslave",
+            "--mount",
+            "type=bind,src=/d,dst=/d,readonly",
+            "--mount",
+            "type=bind,src=/e,dst=/e,bind-propagation=shared",
+            "img",
+        ]);
+        let targets: Vec<_> = bind_mounts(&a)
+            .iter()
+            .map(|b| volume_target(&a, b).map(|t| (t.dest, t.read_only)))
+            .collect();
+        assert_eq!(
+            targets,
+            [
+                Some(("/x".to_string(), false)),
+                Some(("/y".to_string(), true)),
+                None,
+                Some(("/d".to_string(), true)),
+                None,
+            ]
+        );
+        let binds = bind_mounts(&a);
+        let out = with_mount_values(&a, &binds[..1], &["type=volume,dst=/x".to_string()]);
+        assert_eq!(out.to_argv()[..2], ["--mount", "type=volume,dst=/x"]);
+    }
 
     fn args(argv: &[&str]) -> RunArgs {
         RunArgs::parse(argv).unwrap()

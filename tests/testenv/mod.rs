@@ -338,7 +338,7 @@ impl AsRef<OsStr> for ContainerName {
 
 impl Drop for ContainerName {
     fn drop(&mut self) {
-        let _ = Command::new("docker").args(["rm", "-f", &self.0]).output();
+        let _ = Command::new("docker").args(["rm", "-f", "-v", &self.0]).output();
     }
 }
 
@@ -376,5 +376,5 @@ pub fn spawn_until(
 pub fn kill_asme(mut child: std::process::Child, container: &ContainerName) {
     child.kill().unwrap();
     child.wait().unwrap();
-    ok(docker(&["rm", "-f", &container.0]));
+    ok(docker(&["rm", "-f", "-v", &container.0]));
 }
