@@ -338,7 +338,9 @@ impl AsRef<OsStr> for ContainerName {
 
 impl Drop for ContainerName {
     fn drop(&mut self) {
-        let _ = Command::new("docker").args(["rm", "-f", "-v", &self.0]).output();
+        let _ = Command::new("docker")
+            .args(["rm", "-f", "-v", &self.0])
+            .output();
     }
 }
 
