@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use anyhow::{Context, Result, anyhow, bail};
 use serde::Deserialize;
 
-use super::{Engine, INIT_PATH, SELF_IMAGE_LABEL, api, cli_error, init_mount};
+use super::{Engine, INIT_PATH, SELF_IMAGE_LABEL, cli_error, init_mount};
 use crate::init::probe::ImageFacts;
 
 /// The parts of an image's configuration that `docker run` applies and asme must keep.
@@ -51,9 +51,7 @@ impl Engine {
     pub fn inspect_image(&self, image: &str) -> Result<Option<ImageConfig>> {
         // The API answers in about a millisecond; anything unexpected goes through the CLI,
         // which also words the errors.
-        if let Some(socket) = &self.socket
-            && let Ok((status, body)) = api::get(socket, &format!("/images/{image}/json"))
-        {
+        if let Some((status, body)) = self.api_get(&format!("/images/{image}/json")) {
             match status {
                 200 => {
                     return parse_image_config(&body)

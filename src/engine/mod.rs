@@ -90,6 +90,13 @@ impl Engine {
         Ok(status.code().unwrap_or(125))
     }
 
+    /// One GET on the engine's API socket, where plain settings make the socket certain:
+    /// (status, body), or `None` where only the CLI can ask (a context, a remote host) or the
+    /// socket did not answer.
+    pub fn api_get(&self, path: &str) -> Option<(u16, Vec<u8>)> {
+        api::get(self.socket.as_ref()?, path).ok()
+    }
+
     /// Runs `docker ARGV` as a child that gets the signals sent to asme (for strategies with
     /// work after the run); returns its exit status.
     pub fn run_child(&self, argv: &[String]) -> Result<i32> {
