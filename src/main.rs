@@ -107,15 +107,7 @@ fn plugin(cli: &Cli, command: &PluginCommand) -> Result<()> {
         }
         PluginCommand::Uninstall => install::uninstall(&engine),
         PluginCommand::Status => {
-            println!(
-                "{}",
-                match install::status(&engine)? {
-                    install::Status::Missing => "not installed",
-                    install::Status::Current { enabled: true } => "installed and enabled",
-                    install::Status::Current { enabled: false } => "installed, not enabled",
-                    install::Status::Other => "installed from another asme build",
-                }
-            );
+            println!("{}", install::status(&engine)?.describe());
             Ok(())
         }
         PluginCommand::Serve => unreachable!("served above"),

@@ -69,6 +69,7 @@ fn json_report_says_both_strategies_work_and_leaves_nothing() {
     assert!(report["security"]["apparmor"].is_boolean(), "{report:#}");
     assert!(report["security"]["selinux"].is_string(), "{report:#}");
     assert!(report["security"]["seccomp"].is_boolean(), "{report:#}");
+    assert!(report["plugin"].is_string(), "{report:#}");
 
     assert_nothing_left(&dir.path);
 }
@@ -85,6 +86,7 @@ fn table_names_the_auto_strategy() {
         "kernel",
         "path",
         "fuse",
+        "plugin",
         "strategy idmap",
         "strategy fuse",
         "strategy user",

@@ -27,6 +27,8 @@ pub struct Report {
     pub fuse: Fuse,
     pub security: Security,
     pub strategies: Strategies,
+    /// The volume driver (`asme plugin status`); null when the engine could not be asked.
+    pub plugin: Option<String>,
     /// The strategy `asme run` (auto) used in the self-test: "idmap", "fuse", "user", "keep"
     /// (the owner is root: the container keeps its own user), or "none".
     pub auto: String,
@@ -190,6 +192,12 @@ fn examine(program: Program, owner: Owner, path: Option<&Path>) -> Result<Report
             .as_ref()
             .map(|_| security_options(&info).any(|o| o.contains("name=seccomp"))),
     };
+    let plugin = docker
+        .as_ref()
+        .map(|engine| match crate::plugin::install::status(engine) {
+            Ok(status) => status.describe().to_string(),
+            Err(e) => format!("unknown ({e:#})"),
+        });
     let mut tested_in = None;
     let (strategies, auto) = match docker {
         None => (Strategies::failed("no engine"), "none".to_string()),
@@ -217,6 +225,7 @@ fn examine(program: Program, owner: Owner, path: Option<&Path>) -> Result<Report
         fuse,
         security,
         strategies,
+        plugin,
         auto,
     })
 }

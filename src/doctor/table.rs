@@ -53,6 +53,11 @@ pub fn table(report: &Report) -> String {
                 yes_no(fuse.passthrough)
             ),
         ),
+        (
+            "plugin",
+            if report.plugin.is_some() { "-" } else { "?" },
+            report.plugin.clone().unwrap_or_default(),
+        ),
         ("apparmor", yes_no(security.apparmor), String::new()),
         ("selinux", security.selinux, String::new()),
         (

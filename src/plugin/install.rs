@@ -37,6 +37,18 @@ pub enum Status {
     Other,
 }
 
+impl Status {
+    /// How `asme plugin status` and `asme doctor` say it.
+    pub fn describe(&self) -> &'static str {
+        match self {
+            Status::Missing => "not installed (asme run installs it when a container needs it)",
+            Status::Current { enabled: true } => "installed and enabled",
+            Status::Current { enabled: false } => "installed, not enabled",
+            Status::Other => "installed from another asme build (asme run replaces it)",
+        }
+    }
+}
+
 /// The plugin's description, naming this build.
 fn description() -> String {
     format!("asme volume driver, build {}", env!("ASME_BUILD"))
