@@ -142,3 +142,66 @@ fn bad_options_are_refused_in_one_line_and_leave_no_volume() {
         );
     }
 }
+
+/// The plugin killed outright (SIGKILL) while a container uses a volume: dockerd restarts it,
+/// the running container keeps its mapping, a new container mounts the volume, and once both
+/// are gone no mount of the volume is left on the host.
+#[test]
+fn a_killed_plugin_comes_back_with_its_volumes() {
+    let _plugin = plugin();
+    let user = user1234();
+    install(user);
+    let dir = TestDir::new(user, "volume-kill");
+    let source = format!("source={}", dir.path.display());
+    let volume = Volume::create(user, "kill", &[&source]);
+    let mount = format!("{}:/w", volume.name);
+    let name = ContainerName::new("volume-kill");
+    sh(user, &["-d", "--name", &name.0], &mount, "sleep 600").ok();
+
+    let served = || {
+        std::process::Command::new("pgrep")
+            .args(["-f", "^/asme plugin serve"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
+    };
+    let before = served();
+    assert!(!before.is_empty(), "no plugin process found");
+    ok(std::process::Command::new("kill").args(["-KILL", &before]));
+    // dockerd restarts it (about 4 s here); poll with a deadline until a new one answers.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let now = served();
+        let answers = !now.is_empty()
+            && now != before
+            && docker_as(user, &user.home, &["volume", "inspect", &volume.name]).code() == Some(0);
+        if answers {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the plugin did not come back"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+
+    ok(as_user(user, &dir.path).args(["docker", "exec", &name.0, "touch", "/w/after-kill"]));
+    let run = sh(
+        user,
+        &["--rm"],
+        &mount,
+        "touch /w/new-container; stat -c %u /w/after-kill",
+    );
+    assert_eq!(run.ok(), "0\n");
+    for entry in ["after-kill", "new-container"] {
+        let meta = fs::metadata(dir.join(entry)).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (user.uid, user.gid), "{entry}");
+    }
+    drop(name);
+    let left = fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(&format!("/propagated-mount/{} ", volume.name)))
+        .count();
+    assert_eq!(left, 0, "a mount of {} was left on the host", volume.name);
+}
