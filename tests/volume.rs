@@ -205,3 +205,39 @@ fn a_killed_plugin_comes_back_with_its_volumes() {
         .count();
     assert_eq!(left, 0, "a mount of {} was left on the host", volume.name);
 }
+
+/// Compose (Debian's docker-compose): a service whose volume uses the driver writes into the
+/// user's folder as the user, and `down -v` removes the volume, never the folder.
+#[test]
+fn compose_writes_as_the_owner() {
+    let _plugin = plugin();
+    let user = user1234();
+    install(user);
+    let dir = TestDir::new(user, "volume-compose");
+    fs::create_dir(dir.join("data")).unwrap();
+    std::os::unix::fs::chown(dir.join("data"), Some(user.uid), Some(user.gid)).unwrap();
+    // The example, with the test's image (nothing is pulled here).
+    let example = fs::read_to_string("examples/compose/docker-compose.yml").unwrap();
+    let file = example.replace("image: busybox", &format!("image: {}", image("busybox")));
+    fs::write(dir.join("docker-compose.yml"), file).unwrap();
+    let project = format!("asmetest{}", std::process::id());
+    let compose = |args: &[&str]| {
+        let mut cmd = as_user(user, &dir.path);
+        cmd.env("PWD", &dir.path)
+            .args(["docker-compose", "--no-ansi", "-p", &project])
+            .args(args);
+        Run::of(cmd)
+    };
+    let up = compose(&["up", "--abort-on-container-exit"]);
+    let down = compose(&["down", "-v"]);
+    up.ok();
+    down.ok();
+    let meta = fs::metadata(dir.join("data/log")).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (user.uid, user.gid));
+    let left = docker_as(
+        user,
+        &dir.path,
+        &["volume", "inspect", &format!("{project}_data")],
+    );
+    assert_ne!(left.code(), Some(0), "the volume was left");
+}
