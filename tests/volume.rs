@@ -241,3 +241,118 @@ fn compose_writes_as_the_owner() {
     );
     assert_ne!(left.code(), Some(0), "the volume was left");
 }
+
+/// A single-node swarm service whose task mounts a volume of the driver writes into the
+/// user's folder as the user.
+#[test]
+fn a_swarm_service_writes_as_the_owner() {
+    let _plugin = plugin();
+    let user = user1234();
+    install(user);
+    let _swarm = Swarm::join();
+    let dir = TestDir::new(user, "volume-swarm");
+    let service = format!("asme-test-swarm-{}", std::process::id());
+    let mount = format!(
+        "type=volume,dst=/w,volume-driver=asme,volume-opt=source={}",
+        dir.path.display()
+    );
+    let busybox = image("busybox");
+    let args = [
+        "service",
+        "create",
+        "--detach",
+        "--restart-condition",
+        "none",
+        "--name",
+        &service,
+        "--mount",
+        &mount,
+        &busybox,
+        "sh",
+        "-c",
+        "echo swarm >> /w/log",
+    ];
+    docker_as(user, &dir.path, &args).ok();
+    let log = dir.join("log");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !log.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the service's task wrote nothing"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let meta = fs::metadata(&log).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (user.uid, user.gid));
+    docker_as(user, &dir.path, &["service", "rm", &service]).ok();
+    remove_volumes_of(user, &dir.path);
+}
+
+/// Removes the driver's volumes over `folder` (a swarm task's anonymous volume outlives its
+/// service), once no container holds them.
+fn remove_volumes_of(user: &User, folder: &Path) {
+    let source = folder.display().to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let ids = docker_as(
+            user,
+            folder,
+            &["volume", "ls", "-q", "--filter", "driver=asme:latest"],
+        );
+        let ours: Vec<String> = ids
+            .stdout
+            .split_whitespace()
+            .filter(|id| {
+                let format = "{{.Options.source}}";
+                let inspect = docker_as(user, folder, &["volume", "inspect", "-f", format, id]);
+                inspect.stdout.trim() == source
+            })
+            .map(str::to_string)
+            .collect();
+        if ours.is_empty() {
+            return;
+        }
+        for id in &ours {
+            let _ = docker_as(user, folder, &["volume", "rm", id]);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "volumes left: {ours:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// This engine as a single-node swarm for the test; it leaves again only if it was not one
+/// before.
+struct Swarm {
+    joined: bool,
+}
+
+impl Swarm {
+    fn join() -> Swarm {
+        let state = ok(testenv::docker(&[
+            "info",
+            "--format",
+            "{{.Swarm.LocalNodeState}}",
+        ]));
+        if state.trim() == "active" {
+            return Swarm { joined: false };
+        }
+        ok(testenv::docker(&[
+            "swarm",
+            "init",
+            "--advertise-addr",
+            "127.0.0.1",
+        ]));
+        Swarm { joined: true }
+    }
+}
+
+impl Drop for Swarm {
+    fn drop(&mut self) {
+        if self.joined {
+            let _ = testenv::docker(&["swarm", "leave", "--force"]).output();
+        }
+    }
+}
