@@ -356,3 +356,23 @@ impl Drop for Swarm {
         }
     }
 }
+
+/// The driver's volumes outlive the plugin itself: removed and installed again (as an
+/// upgrade to a new asme build does), it still serves them.
+#[test]
+fn volumes_outlive_a_reinstall() {
+    let _plugin = plugin();
+    let user = user1234();
+    install(user);
+    let dir = TestDir::new(user, "volume-reinstall");
+    let source = format!("source={}", dir.path.display());
+    let volume = Volume::create(user, "reinstall", &[&source]);
+    ok(asme_as(user, &user.home, &["plugin", "uninstall"]));
+    let status = ok(asme_as(user, &user.home, &["plugin", "status"]));
+    assert!(status.starts_with("not installed"), "{status}");
+    install(user);
+    let mount = format!("{}:/w", volume.name);
+    sh(user, &["--rm"], &mount, "touch /w/after").ok();
+    let meta = fs::metadata(dir.join("after")).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (user.uid, user.gid));
+}

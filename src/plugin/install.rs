@@ -18,9 +18,11 @@ use crate::engine::Engine;
 /// The plugin's (and so the driver's) name: `docker volume create -d asme`.
 pub const NAME: &str = "asme";
 
-/// Where the plugin keeps its state, inside its own rootfs: it lasts across plugin and
-/// engine restarts (not across `asme plugin uninstall`).
-const STATE: &str = "/state";
+/// Where the plugin keeps its state (which volumes exist, which are mounted): on the host,
+/// through its bind of host `/`, so that it lasts across plugin and engine restarts and
+/// across `asme plugin install` of a new build (a plugin's own rootfs is replaced with it).
+/// Root's, mode 0700; it holds no data, only the volumes' definitions.
+const STATE: &str = "/host/var/lib/asme-plugin";
 
 /// The socket dockerd expects, from `interface.socket` in the config.
 const SOCKET: &str = "/run/docker/plugins/asme.sock";
@@ -147,7 +149,6 @@ fn create(engine: &Engine, exe: &Path) -> Result<()> {
             "tmp",
             "etc",
             "run/docker/plugins",
-            STATE,
             VOLUMES,
             HOST,
         ] {
