@@ -67,6 +67,22 @@ impl Drop for Volume<'_> {
     }
 }
 
+/// The plugin, this build's, installed and held for one test; and the test user.
+fn installed() -> (MutexGuard<'static, ()>, &'static User) {
+    let lock = plugin();
+    let user = user1234();
+    install(user);
+    (lock, user)
+}
+
+/// A volume over a fresh folder of `user`'s: the folder, the volume, and its `-v` value.
+fn volume_over<'u>(user: &'u User, label: &str) -> (TestDir, Volume<'u>, String) {
+    let dir = TestDir::new(user, &format!("volume-{label}"));
+    let volume = Volume::create(user, label, &[&format!("source={}", dir.path.display())]);
+    let mount = format!("{}:/w", volume.name);
+    (dir, volume, mount)
+}
+
 fn install(user: &User) {
     ok(asme_as(user, &user.home, &["plugin", "install"]));
     let status = ok(asme_as(user, &user.home, &["plugin", "status"]));
@@ -75,13 +91,8 @@ fn install(user: &User) {
 
 #[test]
 fn root_writes_land_as_the_owner_across_restarts() {
-    let _plugin = plugin();
-    let user = user1234();
-    install(user);
-    let dir = TestDir::new(user, "volume-data");
-    let source = format!("source={}", dir.path.display());
-    let volume = Volume::create(user, "data", &[&source]);
-    let mount = format!("{}:/w", volume.name);
+    let (_plugin, user) = installed();
+    let (dir, volume, mount) = volume_over(user, "data");
 
     // Two containers at once, both root inside, both writing as the owner.
     let name = ContainerName::new("volume-long");
@@ -114,9 +125,7 @@ fn root_writes_land_as_the_owner_across_restarts() {
 
 #[test]
 fn bad_options_are_refused_in_one_line_and_leave_no_volume() {
-    let _plugin = plugin();
-    let user = user1234();
-    install(user);
+    let (_plugin, user) = installed();
     let dir = TestDir::new(user, "volume-bad");
     let missing = format!("source={}/missing", dir.path.display());
     let cases: &[(&[&str], &str)] = &[
@@ -148,13 +157,8 @@ fn bad_options_are_refused_in_one_line_and_leave_no_volume() {
 /// are gone no mount of the volume is left on the host.
 #[test]
 fn a_killed_plugin_comes_back_with_its_volumes() {
-    let _plugin = plugin();
-    let user = user1234();
-    install(user);
-    let dir = TestDir::new(user, "volume-kill");
-    let source = format!("source={}", dir.path.display());
-    let volume = Volume::create(user, "kill", &[&source]);
-    let mount = format!("{}:/w", volume.name);
+    let (_plugin, user) = installed();
+    let (dir, volume, mount) = volume_over(user, "kill");
     let name = ContainerName::new("volume-kill");
     sh(user, &["-d", "--name", &name.0], &mount, "sleep 600").ok();
 
@@ -210,9 +214,7 @@ fn a_killed_plugin_comes_back_with_its_volumes() {
 /// user's folder as the user, and `down -v` removes the volume, never the folder.
 #[test]
 fn compose_writes_as_the_owner() {
-    let _plugin = plugin();
-    let user = user1234();
-    install(user);
+    let (_plugin, user) = installed();
     let dir = TestDir::new(user, "volume-compose");
     fs::create_dir(dir.join("data")).unwrap();
     std::os::unix::fs::chown(dir.join("data"), Some(user.uid), Some(user.gid)).unwrap();
@@ -246,9 +248,7 @@ fn compose_writes_as_the_owner() {
 /// user's folder as the user.
 #[test]
 fn a_swarm_service_writes_as_the_owner() {
-    let _plugin = plugin();
-    let user = user1234();
-    install(user);
+    let (_plugin, user) = installed();
     let _swarm = Swarm::join();
     let dir = TestDir::new(user, "volume-swarm");
     let service = format!("asme-test-swarm-{}", std::process::id());
@@ -361,17 +361,12 @@ impl Drop for Swarm {
 /// upgrade to a new asme build does), it still serves them.
 #[test]
 fn volumes_outlive_a_reinstall() {
-    let _plugin = plugin();
-    let user = user1234();
-    install(user);
-    let dir = TestDir::new(user, "volume-reinstall");
-    let source = format!("source={}", dir.path.display());
-    let volume = Volume::create(user, "reinstall", &[&source]);
+    let (_plugin, user) = installed();
+    let (dir, _volume, mount) = volume_over(user, "reinstall");
     ok(asme_as(user, &user.home, &["plugin", "uninstall"]));
     let status = ok(asme_as(user, &user.home, &["plugin", "status"]));
     assert!(status.starts_with("not installed"), "{status}");
     install(user);
-    let mount = format!("{}:/w", volume.name);
     sh(user, &["--rm"], &mount, "touch /w/after").ok();
     let meta = fs::metadata(dir.join("after")).unwrap();
     assert_eq!((meta.uid(), meta.gid()), (user.uid, user.gid));

@@ -2,9 +2,10 @@
 //! volume one idmapped copy of its host folder attached under the plugin's propagated mount,
 //! where dockerd finds it.
 //!
-//! The plugin runs in its own mount namespace with the host's pids (`pidhost`), so the host's
-//! folders are reached through the engine daemon's `/proc/PID/root`, resolved as if that were `/` (RESOLVE_IN_ROOT:
-//! a symlink in the user's path cannot lead into the plugin's own files). The mapping follows
+//! The plugin runs in its own mount namespace, where host `/` is bound at [`HOST`] (open_tree
+//! clones only mounts of the caller's own namespace, so `/proc/PID/root` would not do). A
+//! volume's folder is resolved there as if [`HOST`] were `/` (RESOLVE_IN_ROOT: a symlink in
+//! the user's path cannot lead into the plugin's own files). The mapping follows
 //! the idmap strategy's rules (`idmap::IdMap::for_owner`): the volume's container uid and gid
 //! are stored as the owner, other ids as themselves, nothing as host root.
 
@@ -21,7 +22,7 @@ use super::protocol::{
     MountRequest, MountpointResponse, Request, VolumeInfo, rfc3339, route,
 };
 use super::state::{MountAction, SharedState, State, UnmountAction, Volume};
-use crate::identity::{Entry as _, PasswdEntry};
+use crate::identity::PasswdFile;
 use crate::idmap::{IdMap, UserNamespace};
 use crate::owner::Owner;
 use crate::sys::{fs as sysfs, mount};
@@ -29,14 +30,9 @@ use crate::sys::{fs as sysfs, mount};
 /// Where the plugin attaches mounted volumes: its `propagatedMount`, which dockerd sees.
 pub const VOLUMES: &str = "/mnt/volumes";
 
-/// The host's root as the plugin sees it: a recursive bind of host `/` in the plugin's own
-/// mount namespace (open_tree clones only mounts of the caller's namespace), with slave
+/// The host's root as the plugin sees it: a recursive bind of host `/`, with slave
 /// propagation so that mounts made on the host later (a user's FUSE share) show too.
 pub const HOST: &str = "/host";
-
-fn host_root() -> PathBuf {
-    PathBuf::from(HOST)
-}
 
 /// The driver: its volumes, behind one lock per request.
 pub struct Driver {
@@ -175,9 +171,8 @@ fn mounted_at(name: &str, volume: &Volume) -> String {
 
 /// The volume's host folder, opened as a handle (O_PATH) through the host's root.
 fn open_source(source: &Path) -> Result<OwnedFd> {
-    let host = host_root();
-    let root = sysfs::open_folder_path(&host)
-        .with_context(|| format!("opening the host's root ({})", host.display()))?;
+    let root = sysfs::open_folder_path(Path::new(HOST))
+        .with_context(|| format!("opening the host's root ({HOST})"))?;
     sysfs::open_folder_in_root(root.as_fd(), source)
         .with_context(|| format!("opening the volume's folder {}", source.display()))
 }
@@ -191,14 +186,10 @@ fn check_source(spec: &VolumeSpec) -> Result<Owner> {
         uid: inode.uid,
         gid: inode.gid,
     };
-    let host_passwd = host_root().join("etc/passwd");
+    let host_passwd = std::fs::read_to_string(Path::new(HOST).join("etc/passwd"));
     let primary_gid = |uid| {
-        std::fs::read_to_string(&host_passwd)
-            .ok()?
-            .lines()
-            .filter_map(PasswdEntry::parse_line)
-            .find(|e| e.uid == uid)
-            .map(|e| e.gid)
+        let passwd = PasswdFile::parse(host_passwd.as_deref().unwrap_or_default());
+        passwd.by_uid(uid).map(|e| e.gid)
     };
     Ok(options::resolve_owner(spec, folder, primary_gid)?)
 }

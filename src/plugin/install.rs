@@ -18,11 +18,12 @@ use crate::engine::Engine;
 /// The plugin's (and so the driver's) name: `docker volume create -d asme`.
 pub const NAME: &str = "asme";
 
-/// Where the plugin keeps its state (which volumes exist, which are mounted): on the host,
+/// Where the plugin keeps its state (which volumes exist, which are mounted), under [`HOST`]:
+/// on the host,
 /// through its bind of host `/`, so that it lasts across plugin and engine restarts and
 /// across `asme plugin install` of a new build (a plugin's own rootfs is replaced with it).
 /// Root's, mode 0700; it holds no data, only the volumes' definitions.
-const STATE: &str = "/host/var/lib/asme-plugin";
+const STATE: &str = "var/lib/asme-plugin";
 
 /// The socket dockerd expects, from `interface.socket` in the config.
 const SOCKET: &str = "/run/docker/plugins/asme.sock";
@@ -209,7 +210,7 @@ pub fn serve() -> Result<()> {
     if !Path::new(VOLUMES).is_dir() {
         bail!("{VOLUMES} is missing: asme plugin serve runs inside the asme plugin");
     }
-    let driver = Driver::start(Path::new(STATE))?;
+    let driver = Driver::start(&Path::new(HOST).join(STATE))?;
     http::serve(Path::new(SOCKET), move |path, body| {
         driver.answer(path, body)
     })

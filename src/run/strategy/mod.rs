@@ -74,11 +74,9 @@ impl Name {
     fn fits(self, ctx: &Context, before: Option<&Refusal>) -> bool {
         match self {
             Name::Keep => ctx.owner.uid == 0,
-            // Only where a source needs it: idmap is faster wherever it works.
-            Name::Fuse => {
-                matches!(before, Some(Refusal::Source(_)))
-                    && crate::fs::mount::usable_for_docker().is_ok()
-            }
+            // Only where a source needs it: idmap is faster wherever it works. Whether FUSE is
+            // usable here is its own prepare's first check (and its refusal is in the notice).
+            Name::Fuse => matches!(before, Some(Refusal::Source(_))),
             Name::Idmap | Name::User => true,
             Name::Fix => false,
         }
