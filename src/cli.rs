@@ -176,6 +176,11 @@ pub struct MountArgs {
     #[arg(long, hide = true)]
     pub notify_ready: bool,
 
+    /// (root only; the volume driver) serve as UID:GID once mounted, for a SOURCE only
+    /// that user may enter (a FUSE share without allow_other). No passthrough then.
+    #[arg(long, hide = true, value_name = "UID:GID")]
+    pub serve_as: Option<crate::owner::Owner>,
+
     /// The folder to show.
     pub source: std::path::PathBuf,
     /// Where to show it (an empty folder).

@@ -75,6 +75,7 @@ fn dispatch(cli: &Cli) -> Result<Exit> {
             options: m.options.clone(),
             foreground: m.foreground,
             notify_ready: m.notify_ready,
+            serve_as: m.serve_as,
         })
         .map(done),
         Command::Umount { mountpoint, lazy } => fs::mount::umount(mountpoint, *lazy).map(done),

@@ -34,7 +34,16 @@ impl TryFrom<String> for Owner {
     type Error = OwnerSpecError;
 
     fn try_from(text: String) -> Result<Owner, OwnerSpecError> {
-        let spec: OwnerSpec = text.parse()?;
+        text.parse()
+    }
+}
+
+/// `UID[:GID]`; the gid defaults to the uid.
+impl FromStr for Owner {
+    type Err = OwnerSpecError;
+
+    fn from_str(s: &str) -> Result<Owner, OwnerSpecError> {
+        let spec: OwnerSpec = s.parse()?;
         Ok(Owner {
             uid: spec.uid,
             gid: spec.gid.unwrap_or(spec.uid),

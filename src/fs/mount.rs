@@ -9,7 +9,7 @@ use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -21,7 +21,7 @@ use rustix::io::Errno;
 use super::check::{check_dev_fuse, check_mountpoint, check_user_mount, fusermount};
 use super::map::OwnerMap;
 use super::{MappedFs, Settings};
-use crate::owner;
+use crate::owner::{self, Owner};
 
 /// The mount type the kernel shows (`fuse.` + subtype): how `asme umount` knows its own.
 pub const FSTYPE: &str = "fuse.asme";
@@ -36,6 +36,8 @@ pub struct MountRequest {
     pub foreground: bool,
     /// (internal) the detached server: report readiness on stdout, then detach from it.
     pub notify_ready: bool,
+    /// (internal, root only) serve as this user once mounted.
+    pub serve_as: Option<Owner>,
 }
 
 /// Parsed `-o` options.
@@ -114,18 +116,29 @@ pub fn main(req: &MountRequest) -> Result<()> {
         // Not the terminal's: Ctrl-C or a closed terminal must not take the mount down.
         let _ = rustix::process::setsid();
     }
-    let options = parse_options(&req.options)?;
+    let mut options = parse_options(&req.options)?;
     let (uid, gid) = crate::sys::real_ids();
+    let as_root = rustix::process::geteuid().is_root();
+    if req.serve_as.is_some() {
+        if !as_root {
+            bail!("--serve-as needs root (it mounts as root, then serves as that user)");
+        }
+        // Opening a backing file for passthrough needs CAP_SYS_ADMIN, which the user lacks.
+        options.passthrough = false;
+    }
     let map = match &req.map {
         Some(spec) => OwnerMap::parse(spec, &owner::host_passwd(), &owner::host_group())?,
         None => OwnerMap::invoker_as_root(uid, gid),
     };
-    let source = open_source(&req.source)?;
+    // Checked before mounting; as another user it can only be opened once mounted.
+    let source = match req.serve_as {
+        None => Some(open_source(&req.source)?),
+        Some(_) => None,
+    };
     let mountpoint = std::path::absolute(&req.mountpoint)
         .with_context(|| format!("{}", req.mountpoint.display()))?;
     check_mountpoint(&mountpoint)?;
     check_dev_fuse()?;
-    let as_root = rustix::process::geteuid().is_root();
     if !as_root {
         check_user_mount(options.acl)?;
     }
@@ -145,14 +158,26 @@ pub fn main(req: &MountRequest) -> Result<()> {
         ttl: options.ttl,
         passthrough: options.passthrough,
     };
-    let fs = MappedFs::new(source, settings).context("source")?;
     let config = session_config(req, &options, as_root);
-
-    let mut session =
-        fuser::Session::new(fs, &mountpoint, &config).map_err(|e| mount_error(e, &mountpoint))?;
+    let mut session = match (source, req.serve_as) {
+        (Some(source), _) => {
+            let fs = MappedFs::new(source, settings).context("source")?;
+            fuser::Session::new(fs, &mountpoint, &config)
+                .map_err(|e| mount_error(e, &mountpoint))?
+        }
+        (None, Some(owner)) => {
+            mount_then_serve_as(req, owner, &mountpoint, &options, settings, config)?
+        }
+        (None, None) => unreachable!("SOURCE is opened first unless serving as a user"),
+    };
     let mut unmounter = session.unmount_callable();
+    let serving_as_user = req.serve_as.is_some();
     std::thread::spawn(move || {
         if signals.wait().is_ok() {
+            if serving_as_user {
+                // Not root any more: the mount is root's to remove (the volume driver does).
+                std::process::exit(0);
+            }
             let _ = unmounter.unmount();
         }
     });
@@ -161,6 +186,43 @@ pub fn main(req: &MountRequest) -> Result<()> {
     }
     session.run().context("serving the mount")?;
     Ok(())
+}
+
+/// `--serve-as`: mounts as root over a `/dev/fuse` of its own (as fusermount would for the
+/// user: `user_id` is theirs), then becomes the user, and only then opens SOURCE, which
+/// only they may enter. If SOURCE fails then, the mount is left for root (the volume
+/// driver) to remove: this process may not any more.
+fn mount_then_serve_as(
+    req: &MountRequest,
+    owner: Owner,
+    mountpoint: &Path,
+    options: &Options,
+    settings: Settings,
+    config: Config,
+) -> Result<fuser::Session<MappedFs>> {
+    let dev = rustix::fs::open("/dev/fuse", OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())
+        .context("opening /dev/fuse")?;
+    let mut fuse_options = format!(
+        "user_id={},group_id={},default_permissions",
+        owner.uid, owner.gid
+    );
+    if options.acl != SessionACL::Owner {
+        fuse_options.push_str(",allow_other");
+    }
+    crate::sys::mount::mount_fuse(
+        std::os::fd::AsFd::as_fd(&dev),
+        mountpoint,
+        &req.source_display(),
+        "asme",
+        &fuse_options,
+        options.read_only,
+    )
+    .map_err(|e| mount_error(e, mountpoint))?;
+    // Before any thread starts, so that every server thread is the user.
+    crate::sys::become_user(owner.uid, owner.gid)
+        .with_context(|| format!("becoming {owner} to serve"))?;
+    let fs = MappedFs::new(open_source(&req.source)?, settings).context("source")?;
+    fuser::Session::from_fd(fs, dev, options.acl, config).context("starting the FUSE session")
 }
 
 /// The session's mount options and threads, from `-o`.
@@ -221,7 +283,7 @@ fn detach(req: &MountRequest) -> Result<()> {
         req.source.clone().into_os_string(),
         req.mountpoint.clone().into_os_string(),
     ]);
-    start_server(&exe, &args)
+    start_server(&exe, &args).map(drop)
 }
 
 /// The server keeps descriptors within half its open-file limit (see `node`); a higher limit
@@ -278,23 +340,39 @@ pub fn usable_for_docker() -> Result<()> {
     Ok(())
 }
 
-/// A detached `asme mount` of `source` at `mountpoint` (which must exist), with `map`:
-/// what `asme run`'s fuse strategy starts for each bind source.
-pub fn spawn_server(exe: &Path, map: &OwnerMap, source: &Path, mountpoint: &Path) -> Result<()> {
-    let args = [
-        "--map".into(),
-        map.to_string().into(),
-        "--".into(),
-        source.into(),
-        mountpoint.into(),
-    ];
+/// How a server started by [`spawn_server`] serves, beyond its map.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ServerOptions {
+    pub read_only: bool,
+    /// Serve as this user once mounted (root only): see `--serve-as`.
+    pub serve_as: Option<Owner>,
+}
+
+/// A detached `asme mount` of `source` at `mountpoint` (which must exist), with `map`: what
+/// `asme run`'s fuse strategy and the volume driver start. Returns once the mount is up,
+/// with the server (the caller may wait for it: it exits when the mount goes).
+pub fn spawn_server(
+    exe: &Path,
+    map: &OwnerMap,
+    source: &Path,
+    mountpoint: &Path,
+    how: ServerOptions,
+) -> Result<Child> {
+    let mut args: Vec<OsString> = vec!["--map".into(), map.to_string().into()];
+    if how.read_only {
+        args.extend(["-o".into(), "ro".into()]);
+    }
+    if let Some(owner) = how.serve_as {
+        args.extend(["--serve-as".into(), owner.to_string().into()]);
+    }
+    args.extend(["--".into(), source.into(), mountpoint.into()]);
     start_server(exe, &args).with_context(|| format!("asme mount of {}", source.display()))
 }
 
-/// Runs `asme mount --notify-ready ARGS`, the server, and returns once its first line on
+/// Runs `asme mount --notify-ready ARGS`, the server, and returns it once its first line on
 /// stdout says the mount is up, or with its one-line error (which it writes on stderr, then
 /// exits).
-fn start_server(exe: &Path, args: &[OsString]) -> Result<()> {
+fn start_server(exe: &Path, args: &[OsString]) -> Result<Child> {
     let mut child = Command::new(exe)
         .args(["mount", "--notify-ready"])
         .args(args)
@@ -306,7 +384,7 @@ fn start_server(exe: &Path, args: &[OsString]) -> Result<()> {
     let mut line = String::new();
     let _ = BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line);
     if line.trim() == "ready" {
-        return Ok(());
+        return Ok(child);
     }
     let mut err = String::new();
     let _ = std::io::Read::read_to_string(&mut child.stderr.take().expect("piped"), &mut err);
@@ -330,14 +408,19 @@ pub struct MountEntry {
     pub target: PathBuf,
     pub fstype: String,
     pub source: String,
+    /// The filesystem's own options (FUSE: `user_id=`, `group_id=`, ...).
+    pub super_options: String,
 }
 
 /// The mount on top at `target`, if `target` is a mount point.
 pub fn mount_at(target: &Path) -> Option<MountEntry> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mounts().into_iter().rfind(|m| m.target == target)
+}
+
+/// This process's mounts, in mountinfo's order (a later one covers an earlier one).
+pub fn mounts() -> Vec<MountEntry> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     parse_mountinfo(&text)
-        .into_iter()
-        .rfind(|m| m.target == target)
 }
 
 fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
@@ -348,10 +431,12 @@ fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
             let mut right = right.split(' ');
             let fstype = right.next()?;
             let source = right.next()?;
+            let super_options = right.next().unwrap_or_default();
             Some(MountEntry {
                 target: PathBuf::from(unescape(target)),
                 fstype: unescape(fstype),
                 source: unescape(source),
+                super_options: unescape(super_options),
             })
         })
         .collect()
@@ -454,5 +539,6 @@ mod tests {
         assert_eq!(all[0].target, PathBuf::from("/mnt/a b"));
         assert_eq!(all[0].fstype, FSTYPE);
         assert_eq!(all[0].source, "/src/x");
+        assert_eq!(all[0].super_options, "rw,user_id=0");
     }
 }

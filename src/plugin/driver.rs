@@ -1,21 +1,21 @@
 //! What each request of the volume protocol does: volumes kept in `state`, and for a mounted
-//! volume one idmapped copy of its host folder attached under the plugin's propagated mount,
+//! volume one mapping of its host folder (`mapping`) under the plugin's propagated mount,
 //! where dockerd finds it.
 //!
 //! The plugin runs in its own mount namespace, where host `/` is bound at [`HOST`] (open_tree
-//! clones only mounts of the caller's own namespace, so `/proc/PID/root` would not do). A
-//! volume's folder is resolved there as if [`HOST`] were `/` (RESOLVE_IN_ROOT: a symlink in
-//! the user's path cannot lead into the plugin's own files). The mapping follows
-//! the idmap strategy's rules (`idmap::IdMap::for_owner`): the volume's container uid and gid
-//! are stored as the owner, other ids as themselves, nothing as host root.
+//! clones only mounts of the caller's own namespace, so `/proc/PID/root` would not do). The
+//! mapping follows the idmap strategy's rules (`idmap::IdMap::for_owner`): the volume's
+//! container uid and gid are stored as the owner, other ids as themselves, nothing as host
+//! root.
 
-use std::os::fd::{AsFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::os::fd::AsFd;
+use std::path::Path;
 
 use anyhow::{Context, Result, anyhow};
 use serde::Serialize;
 
 use super::http::Answer;
+use super::mapping::{self, HOST, Mappings, mount_point};
 use super::options::{self, VolumeSpec};
 use super::protocol::{
     ActivateResponse, CapabilitiesResponse, Done, ErrorResponse, GetResponse, ListResponse,
@@ -23,20 +23,13 @@ use super::protocol::{
 };
 use super::state::{MountAction, SharedState, State, UnmountAction, Volume};
 use crate::identity::PasswdFile;
-use crate::idmap::{IdMap, UserNamespace};
 use crate::owner::Owner;
-use crate::sys::{fs as sysfs, mount};
+use crate::sys::fs as sysfs;
 
-/// Where the plugin attaches mounted volumes: its `propagatedMount`, which dockerd sees.
-pub const VOLUMES: &str = "/mnt/volumes";
-
-/// The host's root as the plugin sees it: a recursive bind of host `/`, with slave
-/// propagation so that mounts made on the host later (a user's FUSE share) show too.
-pub const HOST: &str = "/host";
-
-/// The driver: its volumes, behind one lock per request.
+/// The driver: its volumes, behind one lock per request, and their mappings.
 pub struct Driver {
     state: SharedState,
+    mappings: Mappings,
 }
 
 impl Driver {
@@ -45,15 +38,18 @@ impl Driver {
     /// namespace).
     pub fn start(state_dir: &Path) -> Result<Driver> {
         let state = State::load(state_dir)?;
+        let mappings = Mappings::default();
         for (name, volume) in state.list() {
+            mappings.prepare(volume);
             if volume.is_mounted()
-                && let Err(e) = attach(name, volume)
+                && let Err(e) = mappings.attach(name, volume)
             {
                 eprintln!("asme plugin: attaching {name} again: {e:#}");
             }
         }
         Ok(Driver {
             state: SharedState::new(state),
+            mappings,
         })
     }
 
@@ -81,7 +77,11 @@ impl Driver {
             Request::Create(create) => {
                 let spec = VolumeSpec::parse(&create.opts)?;
                 let owner = check_source(&spec)?;
-                self.state.lock().create(&create.name, spec, owner)?;
+                let mut state = self.state.lock();
+                state.create(&create.name, spec, owner)?;
+                if let Some(volume) = state.get(&create.name) {
+                    self.mappings.prepare(volume);
+                }
                 reply(200, &Done::default())
             }
             Request::Remove(name) => {
@@ -93,7 +93,7 @@ impl Driver {
             Request::Unmount(unmount) => {
                 let mut state = self.state.lock();
                 if state.unmount(&unmount.name, &unmount.id)? == UnmountAction::LastGone {
-                    detach(&unmount.name)?;
+                    mapping::detach(&unmount.name)?;
                 }
                 reply(200, &Done::default())
             }
@@ -123,7 +123,7 @@ impl Driver {
         let mut state = self.state.lock();
         if state.mount(&request.name, &request.id)? == MountAction::FirstMount {
             let volume = known(&state, &request.name)?.clone();
-            if let Err(e) = attach(&request.name, &volume) {
+            if let Err(e) = self.mappings.attach(&request.name, &volume) {
                 let _ = state.unmount(&request.name, &request.id);
                 return Err(e);
             }
@@ -157,10 +157,6 @@ fn info(name: &str, volume: &Volume) -> VolumeInfo {
     }
 }
 
-fn mount_point(name: &str) -> PathBuf {
-    Path::new(VOLUMES).join(name)
-}
-
 fn mounted_at(name: &str, volume: &Volume) -> String {
     if volume.is_mounted() {
         mount_point(name).to_string_lossy().into_owned()
@@ -169,22 +165,25 @@ fn mounted_at(name: &str, volume: &Volume) -> String {
     }
 }
 
-/// The volume's host folder, opened as a handle (O_PATH) through the host's root.
-fn open_source(source: &Path) -> Result<OwnedFd> {
-    let root = sysfs::open_folder_path(Path::new(HOST))
-        .with_context(|| format!("opening the host's root ({HOST})"))?;
-    sysfs::open_folder_in_root(root.as_fd(), source)
-        .with_context(|| format!("opening the volume's folder {}", source.display()))
-}
-
 /// At Create: the folder must exist and be a folder; whose its files become is resolved
-/// now (`-o owner`, else the folder's owner), never host root.
+/// now (`-o owner`, else the folder's owner, or the user of the share it is on where only
+/// they may enter it), never host root.
 fn check_source(spec: &VolumeSpec) -> Result<Owner> {
-    let fd = open_source(&spec.source)?;
-    let inode = sysfs::stat(fd.as_fd())?;
-    let folder = Owner {
-        uid: inode.uid,
-        gid: inode.gid,
+    let folder = match mapping::open_source(&spec.source) {
+        Ok(fd) => {
+            let inode = sysfs::stat(fd.as_fd())?;
+            Owner {
+                uid: inode.uid,
+                gid: inode.gid,
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => mapping::share_user(spec)
+            .ok_or(e)
+            .with_context(|| format!("opening the volume's folder {}", spec.source.display()))?,
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("opening the volume's folder {}", spec.source.display()));
+        }
     };
     let host_passwd = std::fs::read_to_string(Path::new(HOST).join("etc/passwd"));
     let primary_gid = |uid| {
@@ -192,37 +191,4 @@ fn check_source(spec: &VolumeSpec) -> Result<Owner> {
         passwd.by_uid(uid).map(|e| e.gid)
     };
     Ok(options::resolve_owner(spec, folder, primary_gid)?)
-}
-
-/// Attaches the volume's idmapped folder at its mount point.
-fn attach(name: &str, volume: &Volume) -> Result<()> {
-    let spec = &volume.spec;
-    let uids = IdMap::for_owner(spec.uid, volume.owner.uid)?;
-    let gids = IdMap::for_owner(spec.gid, volume.owner.gid)?;
-    let source = open_source(&spec.source)?;
-    let userns = UserNamespace::new(&uids, &gids).context("creating the id mapping")?;
-    let tree = userns.idmapped_tree(source.as_fd()).with_context(|| {
-        format!(
-            "the kernel refuses an idmapped mount of {}",
-            spec.source.display()
-        )
-    })?;
-    if spec.access == options::Access::ReadOnly {
-        mount::set_read_only(tree.as_fd()).context("making the volume read-only")?;
-    }
-    let point = mount_point(name);
-    if mount::is_mount_root(&point).unwrap_or(false) {
-        // Still there from before the plugin restarted: a volume's mapping never changes.
-        return Ok(());
-    }
-    std::fs::create_dir_all(&point).with_context(|| format!("creating {}", point.display()))?;
-    mount::attach(tree.as_fd(), &point).with_context(|| format!("attaching at {}", point.display()))
-}
-
-/// Detaches a volume's mount point (containers keep their own binds of it) and removes it.
-fn detach(name: &str) -> Result<()> {
-    let point = mount_point(name);
-    mount::detach(&point).with_context(|| format!("detaching {}", point.display()))?;
-    let _ = std::fs::remove_dir(&point);
-    Ok(())
 }

@@ -11,19 +11,24 @@ use anyhow::{Context, Result, bail};
 use nix::sys::signal::{SigSet, Signal};
 use serde_json::json;
 
-use super::driver::{Driver, HOST, VOLUMES};
+use super::driver::Driver;
 use super::http;
+use super::mapping::{HOST, VOLUMES};
 use crate::engine::Engine;
 
 /// The plugin's (and so the driver's) name: `docker volume create -d asme`.
 pub const NAME: &str = "asme";
 
-/// Where the plugin keeps its state (which volumes exist, which are mounted), under [`HOST`]:
-/// on the host,
-/// through its bind of host `/`, so that it lasts across plugin and engine restarts and
-/// across `asme plugin install` of a new build (a plugin's own rootfs is replaced with it).
-/// Root's, mode 0700; it holds no data, only the volumes' definitions.
-const STATE: &str = "var/lib/asme-plugin";
+/// Where the plugin keeps its state (which volumes exist, which are mounted): in the engine's
+/// own data root (`DockerRootDir/asme-plugin`), reached through the plugin's bind of host `/`.
+/// So it lasts across plugin and engine restarts and across `asme plugin install` of a new
+/// build (a plugin's own rootfs is replaced with it), and two engines on one host (a test's
+/// own dockerd) never share it. Root's, mode 0700; it holds no data, only the volumes'
+/// definitions. The plugin learns it from its environment ([`STATE_ENV`]).
+const STATE_IN_ROOT: &str = "asme-plugin";
+
+/// The plugin's environment variable naming its state folder (a host path).
+const STATE_ENV: &str = "ASME_PLUGIN_STATE";
 
 /// The socket dockerd expects, from `interface.socket` in the config.
 const SOCKET: &str = "/run/docker/plugins/asme.sock";
@@ -158,7 +163,8 @@ fn create(engine: &Engine, exe: &Path) -> Result<()> {
                 .with_context(|| format!("creating {}", path.display()))?;
         }
         std::fs::copy(exe, rootfs.join("asme")).context("copying asme into the plugin")?;
-        std::fs::write(dir.join("config.json"), config().to_string())?;
+        let config = config(&state_dir(engine)?);
+        std::fs::write(dir.join("config.json"), config.to_string())?;
         let dir = dir.to_string_lossy().into_owned();
         engine
             .output(["plugin", "create", NAME, &dir])
@@ -173,11 +179,33 @@ fn create(engine: &Engine, exe: &Path) -> Result<()> {
     }
 }
 
+/// The engine's data root, where the plugin's state goes: from the API, else the CLI.
+fn state_dir(engine: &Engine) -> Result<String> {
+    let from_api = engine
+        .api_get("/info")
+        .filter(|(status, _)| *status == 200)
+        .and_then(|(_, body)| serde_json::from_slice::<serde_json::Value>(&body).ok())
+        .and_then(|info| info["DockerRootDir"].as_str().map(str::to_string));
+    let root = match from_api {
+        Some(root) => root,
+        None => engine
+            .output(["info", "--format", "{{.DockerRootDir}}"])
+            .context("asking the engine for its data root")?
+            .trim()
+            .to_string(),
+    };
+    if !root.starts_with('/') {
+        bail!("the engine names no data root ({root:?}): the plugin needs one for its state");
+    }
+    Ok(format!("{}/{STATE_IN_ROOT}", root.trim_end_matches('/')))
+}
+
 /// The plugin's configuration. Its privileges are what the mapping needs: reaching the
-/// host's folders through /proc/1/root (pidhost, SYS_PTRACE, DAC_READ_SEARCH), making
-/// idmapped mounts (SYS_ADMIN) and the user namespace that carries the mapping (SETUID,
-/// SETGID, SETFCAP). Containers get nothing from them: they only see the mounts.
-fn config() -> serde_json::Value {
+/// host's folders through its bind of host `/` (DAC_READ_SEARCH), making idmapped mounts
+/// and FUSE mounts (SYS_ADMIN, /dev/fuse), the user namespace that carries the mapping
+/// (SETUID, SETGID, SETFCAP) and serving a user's share as that user (SETUID, SETGID).
+/// Containers get nothing from them: they only see the mounts.
+fn config(state_dir: &str) -> serde_json::Value {
     json!({
         "description": description(),
         "documentation": "asme plugin --help",
@@ -190,10 +218,14 @@ fn config() -> serde_json::Value {
             "source": "/", "destination": HOST, "type": "bind",
             "options": ["rbind", "rslave"]
         }],
+        "env": [{
+            "name": STATE_ENV, "description": "the state folder, a host path",
+            "settable": ["value"], "value": state_dir
+        }],
         "linux": {"capabilities": [
             "CAP_SYS_ADMIN", "CAP_SYS_PTRACE", "CAP_DAC_READ_SEARCH",
             "CAP_SETUID", "CAP_SETGID", "CAP_SETFCAP"
-        ]}
+        ], "devices": [{"path": "/dev/fuse"}]}
     })
 }
 
@@ -210,7 +242,9 @@ pub fn serve() -> Result<()> {
     if !Path::new(VOLUMES).is_dir() {
         bail!("{VOLUMES} is missing: asme plugin serve runs inside the asme plugin");
     }
-    let driver = Driver::start(&Path::new(HOST).join(STATE))?;
+    let state = std::env::var(STATE_ENV)
+        .with_context(|| format!("{STATE_ENV} is not set: the plugin's config names it"))?;
+    let driver = Driver::start(&Path::new(HOST).join(state.trim_start_matches('/')))?;
     http::serve(Path::new(SOCKET), move |path, body| {
         driver.answer(path, body)
     })

@@ -17,14 +17,17 @@
 //!   plugin knows what is mapped; reference counting by mount ID.
 //! - `http`: the endpoint on the plugin's unix socket (hyper), answering with a plain function.
 //!
-//! The driver's request handling, making the mappings (`idmap`, or `fs` where a
-//! filesystem refuses idmapped mounts) and installing the plugin come on top of these.
+//! - `mapping`: a mounted volume's mapping: idmapped, or asme's FUSE mapping where the
+//!   filesystem refuses idmapped mounts or only the share's user may enter it.
+//! - `driver`: what each request does, over `state` and `mapping`.
+//! - `install`: `asme plugin install | uninstall | status`, and `serve` inside the plugin.
 //! The driver uses lower layers only (`sys`, `owner`, `cache`, `engine`, `idmap`, `fs`);
 //! nothing below it uses it.
 
 pub mod driver;
 pub mod http;
 pub mod install;
+pub mod mapping;
 pub mod options;
 pub mod protocol;
 pub mod state;

@@ -154,6 +154,17 @@ pub fn real_ids() -> (u32, u32) {
     )
 }
 
+/// Makes this process `uid`:`gid` for good (real, effective and saved ids; `gid` its only
+/// group). Call it before any thread starts: the kernel changes the ids of the calling
+/// thread only.
+pub fn become_user(uid: u32, gid: u32) -> nix::Result<()> {
+    use nix::unistd::{Gid, Uid, setgroups, setresgid, setresuid};
+    let (uid, gid) = (Uid::from_raw(uid), Gid::from_raw(gid));
+    setgroups(&[gid])?;
+    setresgid(gid, gid, gid)?;
+    setresuid(uid, uid, uid)
+}
+
 /// Runs `program` with `args` as a child and waits for it, passing on the signals someone
 /// sends to us (TERM, INT, HUP, QUIT, USR1, USR2). Signals the terminal sends to the whole
 /// foreground group (Ctrl-C, Ctrl-\) already reach the child, so they are not sent twice.

@@ -91,6 +91,34 @@ pub fn attach(tree: BorrowedFd<'_>, target: &Path) -> io::Result<()> {
     )?)
 }
 
+/// Mounts the FUSE filesystem served over `dev` (an open `/dev/fuse`) at `target`, as root
+/// does without fusermount: type `fuse.SUBTYPE`, never setuid files or devices. `options`
+/// are FUSE's own (`user_id=`, `allow_other`, ...), after the fd and root mode.
+pub fn mount_fuse(
+    dev: BorrowedFd<'_>,
+    target: &Path,
+    fsname: &str,
+    subtype: &str,
+    options: &str,
+    read_only: bool,
+) -> io::Result<()> {
+    use rustix::mount::{MountFlags, mount};
+    let mut flags = MountFlags::NOSUID | MountFlags::NODEV;
+    if read_only {
+        flags |= MountFlags::RDONLY;
+    }
+    let data = format!("fd={},rootmode=40000,{options}", dev.as_raw_fd());
+    let data =
+        std::ffi::CString::new(data).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    Ok(mount(
+        fsname,
+        target,
+        format!("fuse.{subtype}"),
+        flags,
+        data.as_c_str(),
+    )?)
+}
+
 /// Lazily unmounts `target` and everything under it (umount2 MNT_DETACH): users of the
 /// mount, such as a container's own bind of it, keep theirs.
 pub fn detach(target: &Path) -> io::Result<()> {

@@ -46,7 +46,8 @@ pub fn prepare<'a>(ctx: &'a Context, args: &RunArgs) -> Result<Prepared<'a>, Ref
         std::fs::create_dir_all(&point)
             .with_context(|| format!("creating {}", point.display()))
             .map_err(Refusal::Unavailable)?;
-        if let Err(e) = fs::mount::spawn_server(&ctx.exe, &map, &source, &point) {
+        let how = fs::mount::ServerOptions::default();
+        if let Err(e) = fs::mount::spawn_server(&ctx.exe, &map, &source, &point, how) {
             let _ = std::fs::remove_dir(&point);
             return Err(Refusal::Unavailable(e));
         }

@@ -1,0 +1,240 @@
+//! How a mounted volume is mapped, at its mount point under the plugin's propagated mount:
+//! an idmapped copy of its folder where the filesystem allows one, else asme's FUSE mapping.
+//!
+//! - **idmap**: one user namespace per mapping, made once (at Create, or when the plugin
+//!   starts) and kept, so a Mount costs the three mount syscalls; the kernel mount outlives
+//!   the plugin.
+//! - **fuse**, as root with passthrough: for a folder whose filesystem refuses idmapped
+//!   mounts (FUSE, NFS) but that root may read.
+//! - **fuse, as the share's user**: for a FUSE share mounted without `allow_other`, which
+//!   only its user may enter (root and the engine get EACCES). The server mounts as root,
+//!   then becomes that user (`asme mount --serve-as`).
+//!
+//! A FUSE server is a child of the plugin and dies with it: a container that runs over a
+//! FUSE-served volume while the plugin is killed loses that mount (ENOTCONN) until it is
+//! started again; the next Mount replaces the dead mount point.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use anyhow::{Context, Result};
+use rustix::io::Errno;
+
+use super::options::{self, VolumeSpec};
+use super::state::Volume;
+use crate::fs;
+use crate::fs::map::OwnerMap;
+use crate::fs::mount::ServerOptions;
+use crate::idmap::{IdMap, UserNamespace};
+use crate::owner::Owner;
+use crate::sys::{fs as sysfs, mount};
+
+/// Where the plugin attaches mounted volumes: its `propagatedMount`, which dockerd sees.
+pub const VOLUMES: &str = "/mnt/volumes";
+
+/// The host's root as the plugin sees it: a recursive bind of host `/`, with slave
+/// propagation so that mounts made on the host later (a user's FUSE share) show too.
+pub const HOST: &str = "/host";
+
+/// asme's own binary inside the plugin: the FUSE server.
+const EXE: &str = "/asme";
+
+/// How a volume is served, once mounted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Served {
+    Idmap,
+    /// By asme's FUSE mapping, as root or as the share's user.
+    Fuse {
+        as_user: Option<Owner>,
+    },
+}
+
+/// The user namespaces of the mappings in use, by their uid and gid maps.
+#[derive(Default)]
+pub struct Mappings {
+    namespaces: Mutex<HashMap<(String, String), UserNamespace>>,
+}
+
+impl Mappings {
+    /// Makes the user namespace of `volume`'s mapping now, so that its Mounts do not pay for
+    /// it (about 8 ms, most of a Mount otherwise). Failing here is not fatal: Mount tries
+    /// again and says why.
+    pub fn prepare(&self, volume: &Volume) {
+        let _ = self.with_namespace(volume, |_| Ok(()));
+    }
+
+    fn with_namespace<T>(
+        &self,
+        volume: &Volume,
+        f: impl FnOnce(&UserNamespace) -> std::io::Result<T>,
+    ) -> Result<std::io::Result<T>> {
+        let uids = IdMap::for_owner(volume.spec.uid, volume.owner.uid)?;
+        let gids = IdMap::for_owner(volume.spec.gid, volume.owner.gid)?;
+        let key = (uids.to_string(), gids.to_string());
+        let mut namespaces = self.namespaces.lock().unwrap_or_else(|e| e.into_inner());
+        let userns = match namespaces.entry(key) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(UserNamespace::new(&uids, &gids).context("creating the id mapping")?)
+            }
+        };
+        Ok(f(userns))
+    }
+
+    /// Maps `volume` at its mount point (kept if a live one is there already).
+    pub fn attach(&self, name: &str, volume: &Volume) -> Result<Served> {
+        let point = mount_point(name);
+        if let Some(served) = already_attached(&point, volume)? {
+            return Ok(served);
+        }
+        let spec = &volume.spec;
+        let source = match open_source(&spec.source) {
+            Ok(fd) => fd,
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                return fuse(
+                    &point,
+                    volume,
+                    Some(share_user(spec).unwrap_or(volume.owner)),
+                );
+            }
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("opening the volume's folder {}", source_name(spec)));
+            }
+        };
+        match self.with_namespace(volume, |userns| userns.idmapped_tree(source.as_fd()))? {
+            Ok(tree) => {
+                if spec.access == options::Access::ReadOnly {
+                    mount::set_read_only(tree.as_fd()).context("making the volume read-only")?;
+                }
+                make_point(&point)?;
+                mount::attach(tree.as_fd(), &point)
+                    .with_context(|| format!("attaching at {}", point.display()))?;
+                Ok(Served::Idmap)
+            }
+            Err(e) if refuses_idmap(&e) => fuse(&point, volume, None),
+            Err(e) => {
+                Err(e).with_context(|| format!("an idmapped mount of {}", spec.source.display()))
+            }
+        }
+    }
+}
+
+/// The mount point of a volume.
+pub fn mount_point(name: &str) -> PathBuf {
+    Path::new(VOLUMES).join(name)
+}
+
+/// Detaches a volume's mount point (containers keep their own binds of it; a FUSE server
+/// exits when the last of them lets go) and removes it.
+pub fn detach(name: &str) -> Result<()> {
+    let point = mount_point(name);
+    mount::detach(&point).with_context(|| format!("detaching {}", point.display()))?;
+    let _ = std::fs::remove_dir(&point);
+    Ok(())
+}
+
+/// The volume's host folder, opened as a handle (O_PATH) through the host's root, resolved
+/// as if [`HOST`] were `/` (a symlink in the user's path cannot lead into the plugin's own
+/// files); stat'ed, so that a share only its user may enter says EACCES here.
+pub fn open_source(source: &Path) -> std::io::Result<OwnedFd> {
+    let root = sysfs::open_folder_path(Path::new(HOST))?;
+    let fd = sysfs::open_folder_in_root(root.as_fd(), source)?;
+    sysfs::stat(fd.as_fd())?;
+    Ok(fd)
+}
+
+/// The user who mounted the FUSE share that holds `spec`'s folder (FUSE's `user_id` and
+/// `group_id`), if it is on one.
+pub fn share_user(spec: &VolumeSpec) -> Option<Owner> {
+    let path = source_in_plugin(spec);
+    let share = fs::mount::mounts()
+        .into_iter()
+        .filter(|m| m.fstype.starts_with("fuse") && path.starts_with(&m.target))
+        .max_by_key(|m| m.target.as_os_str().len())?;
+    let option = |key: &str| {
+        share
+            .super_options
+            .split(',')
+            .find_map(|o| o.strip_prefix(key)?.parse::<u32>().ok())
+    };
+    Some(Owner {
+        uid: option("user_id=")?,
+        gid: option("group_id=")?,
+    })
+}
+
+fn source_in_plugin(spec: &VolumeSpec) -> PathBuf {
+    Path::new(HOST).join(spec.source.strip_prefix("/").unwrap_or(&spec.source))
+}
+
+fn source_name(spec: &VolumeSpec) -> String {
+    spec.source.display().to_string()
+}
+
+/// EINVAL (or EOPNOTSUPP) from mount_setattr: the filesystem does not do idmapped mounts.
+fn refuses_idmap(e: &std::io::Error) -> bool {
+    let errno = e.raw_os_error().map(Errno::from_raw_os_error);
+    matches!(errno, Some(Errno::INVAL) | Some(Errno::OPNOTSUPP))
+}
+
+/// What is at the mount point already: a live mount from before the plugin restarted (a
+/// volume's mapping never changes, so it is kept), or a dead FUSE mount whose server died
+/// with the plugin (detached, to be made again).
+fn already_attached(point: &Path, volume: &Volume) -> Result<Option<Served>> {
+    if !mount::is_mount_root(point).unwrap_or(false) {
+        return Ok(None);
+    }
+    match rustix::fs::stat(point) {
+        Err(Errno::NOTCONN) | Err(Errno::CONNABORTED) => {
+            mount::detach(point).with_context(|| format!("detaching {}", point.display()))?;
+            Ok(None)
+        }
+        _ => {
+            let fuse = fs::mount::mount_at(point).is_some_and(|m| m.fstype == fs::mount::FSTYPE);
+            Ok(Some(if fuse {
+                Served::Fuse {
+                    as_user: share_user(&volume.spec),
+                }
+            } else {
+                Served::Idmap
+            }))
+        }
+    }
+}
+
+fn make_point(point: &Path) -> Result<()> {
+    std::fs::create_dir_all(point).with_context(|| format!("creating {}", point.display()))
+}
+
+/// Serves `volume` at `point` with asme's FUSE mapping: container uid and gid shown for the
+/// owner's files, writes stored as the owner. The server runs until the mount goes.
+fn fuse(point: &Path, volume: &Volume, as_user: Option<Owner>) -> Result<Served> {
+    let spec = &volume.spec;
+    let map = OwnerMap::single((volume.owner.uid, volume.owner.gid), (spec.uid, spec.gid));
+    let how = ServerOptions {
+        read_only: spec.access == options::Access::ReadOnly,
+        serve_as: as_user,
+    };
+    make_point(point)?;
+    match fs::mount::spawn_server(Path::new(EXE), &map, &source_in_plugin(spec), point, how) {
+        Ok(mut server) => {
+            // Reaped when it exits (the mount gone), so no zombie is left in the plugin.
+            std::thread::spawn(move || server.wait());
+            Ok(Served::Fuse { as_user })
+        }
+        Err(e) => {
+            // A server that mounted, then failed as the user, leaves its mount to root.
+            if mount::is_mount_root(point).unwrap_or(false) {
+                let _ = mount::detach(point);
+            }
+            let _ = std::fs::remove_dir(point);
+            Err(e.context(format!(
+                "the kernel refuses an idmapped mount of {}, and asme's FUSE mapping failed",
+                source_name(spec)
+            )))
+        }
+    }
+}
