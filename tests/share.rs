@@ -11,6 +11,7 @@ use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use testenv::{Run, TestDir, User, as_user, asme_as, image, ok, user1234};
@@ -69,6 +70,64 @@ fn a_share_the_engine_cannot_see_is_served_by_fuse() {
         "the fuse strategy left its mount of {}",
         share.mountpoint.path.display()
     );
+}
+
+/// The volume driver over the same kind of share: the plugin (root, in the engine's mount
+/// namespace) may not enter it either, so it serves the volume with asme's FUSE mapping run
+/// as the share's user. The share was mounted after the plugin started. What a root
+/// container writes is the user's, and once the volume is unmounted nothing of it is left.
+#[test]
+fn a_share_the_engine_cannot_see_is_a_volume_of_the_driver() {
+    let user = user1234();
+    ok(asme_as(user, &user.home, &["plugin", "install"]));
+    let share = Share::mount(user);
+    let name = format!("asme-test-share-{}", std::process::id());
+    let docker = |args: &[&str]| {
+        let mut cmd = as_user(user, &user.home);
+        cmd.arg("docker").args(args);
+        Run::of(cmd)
+    };
+    let source = format!("source={}", share.mountpoint.path.display());
+    docker(&["volume", "create", "-d", "asme", "-o", &source, &name]).ok();
+    let mount = format!("{name}:/w");
+    let busybox = image("busybox");
+    let script = "echo hi > /w/out && id -u && stat -c %u:%g /w/out";
+    let container = format!("asme-test-share-volume-{}", std::process::id());
+    let started = docker(&[
+        "run", "-d", "--name", &container, "-v", &mount, &busybox, "sleep", "600",
+    ]);
+    let mapping = docker(&["volume", "inspect", "-f", "{{.Status.Mapping}}", &name]);
+    let run = docker(&["exec", &container, "sh", "-c", script]);
+    let restarted = docker(&["restart", "-t", "0", &container]);
+    let again = docker(&["exec", &container, "sh", "-c", script]);
+    let _ = docker(&["rm", "-f", &container]);
+    let removed = docker(&["volume", "rm", &name]);
+
+    started.ok();
+    assert_eq!(
+        run.ok(),
+        "0\n0:0\n",
+        "root inside, and its file is root's there"
+    );
+    restarted.ok();
+    assert_eq!(again.ok(), "0\n0:0\n", "after docker restart");
+    let served_as = format!("fuse, served as {}:{}\n", user.uid, user.gid);
+    assert_eq!(mapping.ok(), served_as);
+    let out = share.backing.join("out");
+    let meta = fs::symlink_metadata(&out).unwrap();
+    assert_eq!(
+        (meta.uid(), meta.gid()),
+        (user.uid, user.gid),
+        "{}",
+        out.display()
+    );
+    assert_eq!(fs::read_to_string(&out).unwrap(), "hi\n");
+    removed.ok();
+    let left: Vec<_> = fuse_mounts("fuse.asme")
+        .into_iter()
+        .filter(|m| m.ends_with(&name))
+        .collect();
+    assert!(left.is_empty(), "the driver left {left:?}");
 }
 
 /// A folder of `user`'s (`backing`), served by an sshd of the test's own and mounted by `user`
@@ -167,7 +226,10 @@ struct Sshd {
 
 impl Sshd {
     fn start(user: &User, authorized_key: &str) -> Sshd {
-        let dir = PathBuf::from(format!("{E2E}/share-sshd-{}-0", std::process::id()));
+        // One per share: the tests of this file run side by side.
+        static COUNT: AtomicUsize = AtomicUsize::new(0);
+        let n = COUNT.fetch_add(1, Ordering::Relaxed);
+        let dir = PathBuf::from(format!("{E2E}/share-sshd-{}-{n}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();

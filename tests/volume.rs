@@ -83,6 +83,17 @@ fn volume_over<'u>(user: &'u User, label: &str) -> (TestDir, Volume<'u>, String)
     (dir, volume, mount)
 }
 
+/// How the driver serves a mounted volume (`Status.Mapping` of `docker volume inspect`).
+fn mapping_of(user: &User, volume: &Volume) -> String {
+    let format = "{{.Status.Mapping}}";
+    docker_as(
+        user,
+        &user.home,
+        &["volume", "inspect", "-f", format, &volume.name],
+    )
+    .ok()
+}
+
 fn install(user: &User) {
     ok(asme_as(user, &user.home, &["plugin", "install"]));
     let status = ok(asme_as(user, &user.home, &["plugin", "status"]));
@@ -97,6 +108,7 @@ fn root_writes_land_as_the_owner_across_restarts() {
     // Two containers at once, both root inside, both writing as the owner.
     let name = ContainerName::new("volume-long");
     sh(user, &["-d", "--name", &name.0], &mount, "sleep 600").ok();
+    assert_eq!(mapping_of(user, &volume), "idmap\n");
     let run = sh(user, &["--rm"], &mount, "id -u; mkdir /w/d; touch /w/d/f");
     assert_eq!(run.ok(), "0\n");
     ok(as_user(user, &dir.path).args(["docker", "exec", &name.0, "touch", "/w/from-exec"]));
@@ -206,6 +218,62 @@ fn a_killed_plugin_comes_back_with_its_volumes() {
         .unwrap()
         .lines()
         .filter(|l| l.contains(&format!("/propagated-mount/{} ", volume.name)))
+        .count();
+    assert_eq!(left, 0, "a mount of {} was left on the host", volume.name);
+}
+
+/// A folder on a filesystem that refuses idmapped mounts (FUSE: bindfs, mounted after the
+/// plugin started) is served by asme's FUSE mapping instead: root inside, its writes the
+/// owner's, again after `docker restart`, and no mount left after.
+#[test]
+fn a_folder_that_refuses_idmap_is_served_by_fuse() {
+    let (_plugin, user) = installed();
+    let backing = TestDir::new(user, "volume-fuse-src");
+    let folder = TestDir::new(user, "volume-fuse-mnt");
+    ok(std::process::Command::new("bindfs")
+        .arg(&backing.path)
+        .arg(&folder.path));
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _unmount = Unmount(&folder.path);
+    let volume = Volume::create(
+        user,
+        "fuse",
+        &[&format!("source={}", folder.path.display())],
+    );
+    let mount = format!("{}:/w", volume.name);
+
+    // Kept running, and restarted by docker: a new Mount, so a new FUSE server.
+    let name = ContainerName::new("volume-fuse");
+    sh(user, &["-d", "--name", &name.0], &mount, "exec sleep 600").ok();
+    assert_eq!(mapping_of(user, &volume), "fuse\n");
+    let write = [
+        "exec",
+        &name.0,
+        "sh",
+        "-c",
+        "echo run >> /w/log; stat -c %u:%g /w/log",
+    ];
+    assert_eq!(docker_as(user, &user.home, &write).ok(), "0:0\n");
+    docker_as(user, &user.home, &["restart", "-t", "0", &name.0]).ok();
+    assert_eq!(docker_as(user, &user.home, &write).ok(), "0:0\n");
+    assert_eq!(
+        fs::read_to_string(backing.join("log")).unwrap(),
+        "run\nrun\n"
+    );
+    let meta = fs::metadata(backing.join("log")).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (user.uid, user.gid));
+
+    drop(name);
+    let served = format!("/propagated-mount/{} ", volume.name);
+    let left = fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(&served))
         .count();
     assert_eq!(left, 0, "a mount of {} was left on the host", volume.name);
 }

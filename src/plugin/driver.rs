@@ -2,9 +2,7 @@
 //! volume one mapping of its host folder (`mapping`) under the plugin's propagated mount,
 //! where dockerd finds it.
 //!
-//! The plugin runs in its own mount namespace, where host `/` is bound at [`HOST`] (open_tree
-//! clones only mounts of the caller's own namespace, so `/proc/PID/root` would not do). The
-//! mapping follows the idmap strategy's rules (`idmap::IdMap::for_owner`): the volume's
+//! The plugin works in the engine's mount namespace (see `mapping`). The mapping follows the idmap strategy's rules (`idmap::IdMap::for_owner`): the volume's
 //! container uid and gid are stored as the owner, other ids as themselves, nothing as host
 //! root.
 
@@ -15,14 +13,13 @@ use anyhow::{Context, Result, anyhow};
 use serde::Serialize;
 
 use super::http::Answer;
-use super::mapping::{self, HOST, Mappings, mount_point};
+use super::mapping::{self, Mappings, Served, Volumes, mount_point};
 use super::options::{self, VolumeSpec};
 use super::protocol::{
     ActivateResponse, CapabilitiesResponse, Done, ErrorResponse, GetResponse, ListResponse,
     MountRequest, MountpointResponse, Request, VolumeInfo, rfc3339, route,
 };
 use super::state::{MountAction, SharedState, State, UnmountAction, Volume};
-use crate::identity::PasswdFile;
 use crate::owner::Owner;
 use crate::sys::fs as sysfs;
 
@@ -36,9 +33,9 @@ impl Driver {
     /// Loads the volumes kept in `state_dir`, and attaches again those that dockerd still
     /// holds mounted (a plugin that was killed and restarted lost its mounts with its
     /// namespace).
-    pub fn start(state_dir: &Path) -> Result<Driver> {
+    pub fn start(state_dir: &Path, volumes: Volumes) -> Result<Driver> {
         let state = State::load(state_dir)?;
-        let mappings = Mappings::default();
+        let mappings = Mappings::new(volumes);
         for (name, volume) in state.list() {
             mappings.prepare(volume);
             if volume.is_mounted()
@@ -93,7 +90,7 @@ impl Driver {
             Request::Unmount(unmount) => {
                 let mut state = self.state.lock();
                 if state.unmount(&unmount.name, &unmount.id)? == UnmountAction::LastGone {
-                    mapping::detach(&unmount.name)?;
+                    self.mappings.detach(&unmount.name)?;
                 }
                 reply(200, &Done::default())
             }
@@ -106,11 +103,15 @@ impl Driver {
             Request::Get(name) => {
                 let state = self.state.lock();
                 let volume = known(&state, &name.name)?;
-                reply(200, &GetResponse::new(info(&name.name, volume)))
+                let served = self.mappings.served(&name.name);
+                reply(200, &GetResponse::new(info(&name.name, volume, served)))
             }
             Request::List => {
                 let state = self.state.lock();
-                let volumes = state.list().map(|(name, v)| info(name, v)).collect();
+                let volumes = state
+                    .list()
+                    .map(|(name, v)| info(name, v, self.mappings.served(name)))
+                    .collect();
                 reply(200, &ListResponse::new(volumes))
             }
         })
@@ -148,12 +149,21 @@ fn known<'s>(state: &'s State, name: &str) -> Result<&'s Volume> {
         .ok_or_else(|| anyhow!("no such volume: {name}"))
 }
 
-fn info(name: &str, volume: &Volume) -> VolumeInfo {
+/// What `docker volume inspect` shows: the folder, whose its files become, and while it is
+/// mounted how it is served.
+fn info(name: &str, volume: &Volume, served: Option<Served>) -> VolumeInfo {
+    let mut status = std::collections::BTreeMap::new();
+    let source = volume.spec.source.to_string_lossy().into_owned();
+    status.insert("Source".to_string(), source.into());
+    status.insert("Owner".to_string(), volume.owner.to_string().into());
+    if let Some(served) = served {
+        status.insert("Mapping".to_string(), served.to_string().into());
+    }
     VolumeInfo {
         name: name.to_string(),
         mountpoint: mounted_at(name, volume),
         created_at: Some(rfc3339(volume.created_at)),
-        status: Default::default(),
+        status: Some(status),
     }
 }
 
@@ -185,10 +195,7 @@ fn check_source(spec: &VolumeSpec) -> Result<Owner> {
                 .with_context(|| format!("opening the volume's folder {}", spec.source.display()));
         }
     };
-    let host_passwd = std::fs::read_to_string(Path::new(HOST).join("etc/passwd"));
-    let primary_gid = |uid| {
-        let passwd = PasswdFile::parse(host_passwd.as_deref().unwrap_or_default());
-        passwd.by_uid(uid).map(|e| e.gid)
-    };
+    let passwd = crate::owner::host_passwd();
+    let primary_gid = |uid| passwd.by_uid(uid).map(|e| e.gid);
     Ok(options::resolve_owner(spec, folder, primary_gid)?)
 }

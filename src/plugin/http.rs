@@ -24,9 +24,19 @@ pub struct Answer {
     pub body: Vec<u8>,
 }
 
-/// Serves POSTs on the unix socket `path` until the process ends; each request's path and
-/// body go to `answer`.
-pub fn serve<F>(path: &Path, answer: F) -> Result<()>
+/// Binds the unix socket at `path` (replacing a stale one), for [`serve`]. Apart so that
+/// the socket can be made before the caller changes mount namespace.
+pub fn bind(path: &Path) -> Result<std::os::unix::net::UnixListener> {
+    let _ = std::fs::remove_file(path);
+    let listener = std::os::unix::net::UnixListener::bind(path)
+        .with_context(|| format!("binding {}", path.display()))?;
+    listener.set_nonblocking(true).context("socket")?;
+    Ok(listener)
+}
+
+/// Serves POSTs on `listener` until the process ends; each request's path and body go to
+/// `answer`.
+pub fn serve<F>(listener: std::os::unix::net::UnixListener, answer: F) -> Result<()>
 where
     F: Fn(&str, &[u8]) -> Answer + Send + Sync + 'static,
 {
@@ -37,9 +47,7 @@ where
         .context("starting the plugin's runtime")?;
     let answer = Arc::new(answer);
     runtime.block_on(async move {
-        let _ = std::fs::remove_file(path);
-        let listener = tokio::net::UnixListener::bind(path)
-            .with_context(|| format!("binding {}", path.display()))?;
+        let listener = tokio::net::UnixListener::from_std(listener).context("socket")?;
         loop {
             let (stream, _) = listener.accept().await.context("accepting")?;
             let answer = Arc::clone(&answer);
@@ -101,21 +109,15 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("asme-http-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let socket = dir.join("p.sock");
-        let path = socket.clone();
+        // Bound before the server runs: connecting cannot race it.
+        let listener = bind(&socket).unwrap();
         std::thread::spawn(move || {
-            serve(&path, |path, body| Answer {
+            serve(listener, |path, body| Answer {
                 status: if path == "/Plugin.Activate" { 200 } else { 404 },
                 body: [path.as_bytes(), b" ", body].concat(),
             })
         });
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        let mut stream = loop {
-            match UnixStream::connect(&socket) {
-                Ok(stream) => break stream,
-                Err(e) if std::time::Instant::now() > deadline => panic!("no server: {e}"),
-                Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
-            }
-        };
+        let mut stream = UnixStream::connect(&socket).unwrap();
         let body = "{}";
         write!(
             stream,

@@ -13,22 +13,22 @@ use serde_json::json;
 
 use super::driver::Driver;
 use super::http;
-use super::mapping::{HOST, VOLUMES};
+use super::mapping::{VOLUMES, Volumes};
 use crate::engine::Engine;
 
 /// The plugin's (and so the driver's) name: `docker volume create -d asme`.
 pub const NAME: &str = "asme";
 
 /// Where the plugin keeps its state (which volumes exist, which are mounted): in the engine's
-/// own data root (`DockerRootDir/asme-plugin`), reached through the plugin's bind of host `/`.
-/// So it lasts across plugin and engine restarts and across `asme plugin install` of a new
+/// own data root (`DockerRootDir/asme-plugin`). So it lasts across plugin and engine restarts and across `asme plugin install` of a new
 /// build (a plugin's own rootfs is replaced with it), and two engines on one host (a test's
 /// own dockerd) never share it. Root's, mode 0700; it holds no data, only the volumes'
-/// definitions. The plugin learns it from its environment ([`STATE_ENV`]).
+/// definitions. The plugin learns the data root from its environment ([`ROOT_ENV`]).
 const STATE_IN_ROOT: &str = "asme-plugin";
 
-/// The plugin's environment variable naming its state folder (a host path).
-const STATE_ENV: &str = "ASME_PLUGIN_STATE";
+/// The plugin's environment variable naming the engine's data root (a host path): the
+/// state goes there, and the host side of the propagated mount is found there.
+const ROOT_ENV: &str = "ASME_ENGINE_ROOT";
 
 /// The socket dockerd expects, from `interface.socket` in the config.
 const SOCKET: &str = "/run/docker/plugins/asme.sock";
@@ -156,14 +156,13 @@ fn create(engine: &Engine, exe: &Path) -> Result<()> {
             "etc",
             "run/docker/plugins",
             VOLUMES,
-            HOST,
         ] {
             let path = rootfs.join(folder.trim_start_matches('/'));
             std::fs::create_dir_all(&path)
                 .with_context(|| format!("creating {}", path.display()))?;
         }
         std::fs::copy(exe, rootfs.join("asme")).context("copying asme into the plugin")?;
-        let config = config(&state_dir(engine)?);
+        let config = config(&data_root(engine)?);
         std::fs::write(dir.join("config.json"), config.to_string())?;
         let dir = dir.to_string_lossy().into_owned();
         engine
@@ -180,7 +179,7 @@ fn create(engine: &Engine, exe: &Path) -> Result<()> {
 }
 
 /// The engine's data root, where the plugin's state goes: from the API, else the CLI.
-fn state_dir(engine: &Engine) -> Result<String> {
+fn data_root(engine: &Engine) -> Result<String> {
     let from_api = engine
         .api_get("/info")
         .filter(|(status, _)| *status == 200)
@@ -197,15 +196,15 @@ fn state_dir(engine: &Engine) -> Result<String> {
     if !root.starts_with('/') {
         bail!("the engine names no data root ({root:?}): the plugin needs one for its state");
     }
-    Ok(format!("{}/{STATE_IN_ROOT}", root.trim_end_matches('/')))
+    Ok(root)
 }
 
-/// The plugin's configuration. Its privileges are what the mapping needs: reaching the
-/// host's folders through its bind of host `/` (DAC_READ_SEARCH), making idmapped mounts
-/// and FUSE mounts (SYS_ADMIN, /dev/fuse), the user namespace that carries the mapping
-/// (SETUID, SETGID, SETFCAP) and serving a user's share as that user (SETUID, SETGID).
-/// Containers get nothing from them: they only see the mounts.
-fn config(state_dir: &str) -> serde_json::Value {
+/// The plugin's configuration. Its privileges are what the mapping needs: entering the
+/// engine's mount namespace (the host's pids, SYS_PTRACE to open `/proc/PID/ns/mnt`,
+/// SYS_ADMIN), making idmapped and FUSE mounts (SYS_ADMIN, /dev/fuse), the user namespace
+/// that carries the mapping (SETUID, SETGID, SETFCAP) and serving a user's share as that
+/// user (SETUID, SETGID). Containers get nothing from them: they only see the mounts.
+fn config(data_root: &str) -> serde_json::Value {
     json!({
         "description": description(),
         "documentation": "asme plugin --help",
@@ -214,13 +213,9 @@ fn config(state_dir: &str) -> serde_json::Value {
         "propagatedMount": VOLUMES,
         "network": {"type": "host"},
         "pidhost": true,
-        "mounts": [{
-            "source": "/", "destination": HOST, "type": "bind",
-            "options": ["rbind", "rslave"]
-        }],
         "env": [{
-            "name": STATE_ENV, "description": "the state folder, a host path",
-            "settable": ["value"], "value": state_dir
+            "name": ROOT_ENV, "description": "the engine's data root, a host path",
+            "settable": ["value"], "value": data_root
         }],
         "linux": {"capabilities": [
             "CAP_SYS_ADMIN", "CAP_SYS_PTRACE", "CAP_DAC_READ_SEARCH",
@@ -231,6 +226,23 @@ fn config(state_dir: &str) -> serde_json::Value {
 
 /// `asme plugin serve` (inside the plugin): answers dockerd until SIGTERM or SIGINT.
 pub fn serve() -> Result<()> {
+    if !Path::new(VOLUMES).is_dir() {
+        bail!("{VOLUMES} is missing: asme plugin serve runs inside the asme plugin");
+    }
+    let root = std::env::var(ROOT_ENV)
+        .with_context(|| format!("{ROOT_ENV} is not set: the plugin's config names it"))?;
+    let root = Path::new(&root);
+    // Both are the plugin container's: dockerd finds the socket there, and the propagated
+    // mount is known by its inode on the other side.
+    let listener = http::bind(Path::new(SOCKET))?;
+    let inside = rustix::fs::stat(VOLUMES).context(VOLUMES)?;
+    // While this process has one thread: setns(2) refuses to move a threaded one.
+    let daemon = crate::engine::kind::daemon_pid(crate::engine::Program::Docker.daemon())
+        .unwrap_or_else(|| rustix::process::getppid().map_or(1, |p| p.as_raw_pid() as u32));
+    crate::sys::mount::enter_mount_namespace(daemon)
+        .with_context(|| format!("entering the engine's mount namespace (pid {daemon})"))?;
+    let volumes = propagated_mount(root, (inside.st_dev, inside.st_ino))?;
+
     // PID 1 of the plugin ignores SIGTERM unless it handles it: `docker plugin disable`
     // would wait for its timeout.
     let stop = SigSet::from_iter([Signal::SIGTERM, Signal::SIGINT]);
@@ -239,13 +251,26 @@ pub fn serve() -> Result<()> {
         let _ = stop.wait();
         std::process::exit(0);
     });
-    if !Path::new(VOLUMES).is_dir() {
-        bail!("{VOLUMES} is missing: asme plugin serve runs inside the asme plugin");
+    let driver = Driver::start(&root.join(STATE_IN_ROOT), volumes)?;
+    http::serve(listener, move |path, body| driver.answer(path, body))
+}
+
+/// The host side of this plugin's propagated mount: the `DATA_ROOT/plugins/*/propagated-mount`
+/// that is the same folder (device and inode) as [`VOLUMES`] inside.
+fn propagated_mount(root: &Path, inside: (u64, u64)) -> Result<Volumes> {
+    let plugins = root.join("plugins");
+    let entries =
+        std::fs::read_dir(&plugins).with_context(|| format!("reading {}", plugins.display()))?;
+    for entry in entries.flatten() {
+        let candidate = entry.path().join("propagated-mount");
+        if let Ok(st) = rustix::fs::stat(&candidate)
+            && (st.st_dev, st.st_ino) == inside
+        {
+            return Ok(Volumes(candidate));
+        }
     }
-    let state = std::env::var(STATE_ENV)
-        .with_context(|| format!("{STATE_ENV} is not set: the plugin's config names it"))?;
-    let driver = Driver::start(&Path::new(HOST).join(state.trim_start_matches('/')))?;
-    http::serve(Path::new(SOCKET), move |path, body| {
-        driver.answer(path, body)
-    })
+    bail!(
+        "found no propagated mount of this plugin under {}",
+        plugins.display()
+    )
 }

@@ -1,6 +1,13 @@
 //! How a mounted volume is mapped, at its mount point under the plugin's propagated mount:
 //! an idmapped copy of its folder where the filesystem allows one, else asme's FUSE mapping.
 //!
+//! The plugin works in the engine's mount namespace (`asme plugin serve` enters it at start,
+//! as the agent does), not in the one its container was given: there it sees exactly the
+//! folders `-v` names, including filesystems mounted after the plugin started (a user's
+//! share; a bind of host `/` would not show them where host mounts are private), and its
+//! mounts outlive it. It attaches at the host side of its propagated mount, [`Volumes`],
+//! which dockerd finds again as [`VOLUMES`]`/NAME`.
+//!
 //! - **idmap**: one user namespace per mapping, made once (at Create, or when the plugin
 //!   starts) and kept, so a Mount costs the three mount syscalls; the kernel mount outlives
 //!   the plugin.
@@ -31,15 +38,32 @@ use crate::idmap::{IdMap, UserNamespace};
 use crate::owner::Owner;
 use crate::sys::{fs as sysfs, mount};
 
-/// Where the plugin attaches mounted volumes: its `propagatedMount`, which dockerd sees.
+/// The plugin's `propagatedMount` inside its container: Mount answers `VOLUMES/NAME`, and
+/// dockerd turns that into the host side of the propagated mount.
 pub const VOLUMES: &str = "/mnt/volumes";
 
-/// The host's root as the plugin sees it: a recursive bind of host `/`, with slave
-/// propagation so that mounts made on the host later (a user's FUSE share) show too.
-pub const HOST: &str = "/host";
+/// asme's own binary, the FUSE server: by its link, since after entering the engine's mount
+/// namespace the plugin's rootfs is no longer `/`.
+const EXE: &str = "/proc/self/exe";
 
-/// asme's own binary inside the plugin: the FUSE server.
-const EXE: &str = "/asme";
+/// The host side of the propagated mount (`DATA_ROOT/plugins/ID/propagated-mount`), where
+/// the plugin, working in the engine's mount namespace, attaches volumes.
+#[derive(Debug, Clone)]
+pub struct Volumes(pub PathBuf);
+
+impl Volumes {
+    /// The folder a volume is attached at.
+    pub fn point(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+
+    fn detach(&self, name: &str) -> Result<()> {
+        let point = self.point(name);
+        mount::detach(&point).with_context(|| format!("detaching {}", point.display()))?;
+        let _ = std::fs::remove_dir(&point);
+        Ok(())
+    }
+}
 
 /// How a volume is served, once mounted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,13 +75,55 @@ pub enum Served {
     },
 }
 
-/// The user namespaces of the mappings in use, by their uid and gid maps.
-#[derive(Default)]
+/// As `docker volume inspect` shows it (`Status.Mapping`).
+impl std::fmt::Display for Served {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Served::Idmap => f.write_str("idmap"),
+            Served::Fuse { as_user: None } => f.write_str("fuse"),
+            Served::Fuse {
+                as_user: Some(user),
+            } => write!(f, "fuse, served as {user}"),
+        }
+    }
+}
+
+/// Where volumes are attached, how each attached one is served, and the user namespaces of
+/// the mappings in use, by their uid and gid maps.
 pub struct Mappings {
+    volumes: Volumes,
+    served: Mutex<HashMap<String, Served>>,
     namespaces: Mutex<HashMap<(String, String), UserNamespace>>,
 }
 
 impl Mappings {
+    pub fn new(volumes: Volumes) -> Mappings {
+        Mappings {
+            volumes,
+            served: Mutex::default(),
+            namespaces: Mutex::default(),
+        }
+    }
+
+    /// How the volume `name` is served, if it is attached.
+    pub fn served(&self, name: &str) -> Option<Served> {
+        lock(&self.served).get(name).copied()
+    }
+
+    /// Maps `volume` at its mount point (kept if a live one is there already).
+    pub fn attach(&self, name: &str, volume: &Volume) -> Result<Served> {
+        let served = self.make(name, volume)?;
+        lock(&self.served).insert(name.to_string(), served);
+        Ok(served)
+    }
+
+    /// Detaches a volume's mount point (containers keep their own binds of it; a FUSE
+    /// server exits when the last of them lets go) and removes it.
+    pub fn detach(&self, name: &str) -> Result<()> {
+        lock(&self.served).remove(name);
+        self.volumes.detach(name)
+    }
+
     /// Makes the user namespace of `volume`'s mapping now, so that its Mounts do not pay for
     /// it (about 8 ms, most of a Mount otherwise). Failing here is not fatal: Mount tries
     /// again and says why.
@@ -73,7 +139,7 @@ impl Mappings {
         let uids = IdMap::for_owner(volume.spec.uid, volume.owner.uid)?;
         let gids = IdMap::for_owner(volume.spec.gid, volume.owner.gid)?;
         let key = (uids.to_string(), gids.to_string());
-        let mut namespaces = self.namespaces.lock().unwrap_or_else(|e| e.into_inner());
+        let mut namespaces = lock(&self.namespaces);
         let userns = match namespaces.entry(key) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => {
@@ -83,9 +149,8 @@ impl Mappings {
         Ok(f(userns))
     }
 
-    /// Maps `volume` at its mount point (kept if a live one is there already).
-    pub fn attach(&self, name: &str, volume: &Volume) -> Result<Served> {
-        let point = mount_point(name);
+    fn make(&self, name: &str, volume: &Volume) -> Result<Served> {
+        let point = self.volumes.point(name);
         if let Some(served) = already_attached(&point, volume)? {
             return Ok(served);
         }
@@ -122,25 +187,20 @@ impl Mappings {
     }
 }
 
-/// The mount point of a volume.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The mount point of a volume, as Mount answers it.
 pub fn mount_point(name: &str) -> PathBuf {
     Path::new(VOLUMES).join(name)
 }
 
-/// Detaches a volume's mount point (containers keep their own binds of it; a FUSE server
-/// exits when the last of them lets go) and removes it.
-pub fn detach(name: &str) -> Result<()> {
-    let point = mount_point(name);
-    mount::detach(&point).with_context(|| format!("detaching {}", point.display()))?;
-    let _ = std::fs::remove_dir(&point);
-    Ok(())
-}
-
-/// The volume's host folder, opened as a handle (O_PATH) through the host's root, resolved
-/// as if [`HOST`] were `/` (a symlink in the user's path cannot lead into the plugin's own
-/// files); stat'ed, so that a share only its user may enter says EACCES here.
+/// The volume's host folder, opened as a handle (O_PATH), resolved inside `/`
+/// (RESOLVE_IN_ROOT, no magic links: a symlink in the user's path cannot lead through
+/// `/proc`); stat'ed, so that a share only its user may enter says EACCES here.
 pub fn open_source(source: &Path) -> std::io::Result<OwnedFd> {
-    let root = sysfs::open_folder_path(Path::new(HOST))?;
+    let root = sysfs::open_folder_path(Path::new("/"))?;
     let fd = sysfs::open_folder_in_root(root.as_fd(), source)?;
     sysfs::stat(fd.as_fd())?;
     Ok(fd)
@@ -149,7 +209,7 @@ pub fn open_source(source: &Path) -> std::io::Result<OwnedFd> {
 /// The user who mounted the FUSE share that holds `spec`'s folder (FUSE's `user_id` and
 /// `group_id`), if it is on one.
 pub fn share_user(spec: &VolumeSpec) -> Option<Owner> {
-    let path = source_in_plugin(spec);
+    let path = &spec.source;
     let share = fs::mount::mounts()
         .into_iter()
         .filter(|m| m.fstype.starts_with("fuse") && path.starts_with(&m.target))
@@ -164,10 +224,6 @@ pub fn share_user(spec: &VolumeSpec) -> Option<Owner> {
         uid: option("user_id=")?,
         gid: option("group_id=")?,
     })
-}
-
-fn source_in_plugin(spec: &VolumeSpec) -> PathBuf {
-    Path::new(HOST).join(spec.source.strip_prefix("/").unwrap_or(&spec.source))
 }
 
 fn source_name(spec: &VolumeSpec) -> String {
@@ -219,7 +275,7 @@ fn fuse(point: &Path, volume: &Volume, as_user: Option<Owner>) -> Result<Served>
         serve_as: as_user,
     };
     make_point(point)?;
-    match fs::mount::spawn_server(Path::new(EXE), &map, &source_in_plugin(spec), point, how) {
+    match fs::mount::spawn_server(Path::new(EXE), &map, &spec.source, point, how) {
         Ok(mut server) => {
             // Reaped when it exits (the mount gone), so no zombie is left in the plugin.
             std::thread::spawn(move || server.wait());

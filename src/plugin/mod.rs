@@ -16,11 +16,11 @@
 //! - `state`: the volumes and their mount IDs on disk, written atomically, so a restarted
 //!   plugin knows what is mapped; reference counting by mount ID.
 //! - `http`: the endpoint on the plugin's unix socket (hyper), answering with a plain function.
-//!
 //! - `mapping`: a mounted volume's mapping: idmapped, or asme's FUSE mapping where the
 //!   filesystem refuses idmapped mounts or only the share's user may enter it.
 //! - `driver`: what each request does, over `state` and `mapping`.
 //! - `install`: `asme plugin install | uninstall | status`, and `serve` inside the plugin.
+//!
 //! The driver uses lower layers only (`sys`, `owner`, `cache`, `engine`, `idmap`, `fs`);
 //! nothing below it uses it.
 
