@@ -15,6 +15,14 @@
 //! here is idempotent (Create with the same options, Mount of a known ID, Unmount of an ID
 //! already gone, Remove of a volume already gone).
 //!
+//! Two files, because they need different care. `volumes.json` holds the volumes'
+//! definitions: they must survive a power cut, so each change is synced to disk. `mounts.json`
+//! holds the mount IDs, which change at every container start and stop: it is replaced
+//! (rename(2)) but not synced, which is enough for a plugin that is killed (the page cache
+//! outlives it) and keeps a Mount well under a millisecond. After a reboot no mount is left,
+//! whatever the file says: it names the boot it was written in
+//! (`/proc/sys/kernel/random/boot_id`), and one from another boot is ignored.
+//!
 //! The file records what should be mapped. The driver records a mount before making the
 //! mapping (and takes it back if that fails), so after a restart it re-makes or checks the
 //! mapping of every volume with an ID here. Making mappings is the driver's; this module
@@ -36,6 +44,9 @@ use crate::owner::Owner;
 /// The state file's name in the driver's state folder.
 pub const STATE_FILE: &str = "volumes.json";
 
+/// The mount IDs' file, beside it.
+pub const MOUNTS_FILE: &str = "mounts.json";
+
 /// The layout of the state file, bumped when its meaning changes.
 const FORMAT: u32 = 1;
 
@@ -47,8 +58,9 @@ pub struct Volume {
     pub owner: Owner,
     /// When the volume was made, in seconds since the Unix epoch.
     pub created_at: u64,
-    /// The mount IDs dockerd holds it with; empty when no container uses it.
-    #[serde(default)]
+    /// The mount IDs dockerd holds it with; empty when no container uses it. Kept in
+    /// [`MOUNTS_FILE`] (read here too from a state written before there was one).
+    #[serde(default, skip_serializing)]
     pub mounts: BTreeSet<String>,
 }
 
@@ -132,6 +144,13 @@ struct Stored<V> {
     volumes: V,
 }
 
+/// The mount IDs' file as written: the boot it belongs to, and the IDs by volume.
+#[derive(Serialize, Deserialize)]
+struct StoredMounts {
+    boot: String,
+    mounts: BTreeMap<String, BTreeSet<String>>,
+}
+
 /// The driver's volumes, as on disk in `dir`.
 ///
 /// One `State` per folder, held by one [`SharedState`] or otherwise under one lock per
@@ -169,10 +188,30 @@ impl State {
                 stored.volumes
             }
         };
-        Ok(State {
+        let mut state = State {
             dir: dir.to_path_buf(),
             volumes,
-        })
+        };
+        state.load_mounts();
+        Ok(state)
+    }
+
+    /// Takes the mount IDs from [`MOUNTS_FILE`] if it was written in this boot. A missing
+    /// or unreadable file is no mount: the next Mount makes the mapping again, or finds it.
+    fn load_mounts(&mut self) {
+        let Ok(bytes) = fs::read(self.dir.join(MOUNTS_FILE)) else {
+            return;
+        };
+        let Ok(stored) = serde_json::from_slice::<StoredMounts>(&bytes) else {
+            return;
+        };
+        let boot = boot_id();
+        for (name, volume) in &mut self.volumes {
+            volume.mounts = match stored.mounts.get(name) {
+                Some(ids) if stored.boot == boot && !boot.is_empty() => ids.clone(),
+                _ => BTreeSet::new(),
+            };
+        }
     }
 
     /// The state file.
@@ -292,7 +331,25 @@ impl State {
             volumes: &self.volumes,
         })
         .expect("volumes serialise");
-        write_synced(&self.dir, &path, &text).map_err(|source| StateError::Write { path, source })
+        write_replacing(&self.dir, &path, &text, Sync::ToDisk)
+            .map_err(|source| StateError::Write { path, source })
+    }
+
+    /// Writes the mount IDs' file whole, replacing the old one in one step; not synced.
+    fn save_mounts(&self) -> Result<(), StateError> {
+        let path = self.dir.join(MOUNTS_FILE);
+        let stored = StoredMounts {
+            boot: boot_id(),
+            mounts: self
+                .volumes
+                .iter()
+                .filter(|(_, v)| v.is_mounted())
+                .map(|(name, v)| (name.clone(), v.mounts.clone()))
+                .collect(),
+        };
+        let text = serde_json::to_vec_pretty(&stored).expect("mounts serialise");
+        write_replacing(&self.dir, &path, &text, Sync::No)
+            .map_err(|source| StateError::Write { path, source })
     }
 
     /// Applies `edit` to the volumes and writes them if it changed anything; on any error
@@ -303,8 +360,17 @@ impl State {
     ) -> Result<T, StateError> {
         let before = self.volumes.clone();
         let result = edit(&mut self.volumes).and_then(|value| {
-            if self.volumes != before {
+            if !same_definitions(&self.volumes, &before) {
                 self.save()?;
+            }
+            let ids = |volumes: &BTreeMap<String, Volume>| {
+                volumes
+                    .iter()
+                    .map(|(name, v)| (name.clone(), v.mounts.clone()))
+                    .collect::<Vec<_>>()
+            };
+            if ids(&self.volumes) != ids(&before) {
+                self.save_mounts()?;
             }
             Ok(value)
         });
@@ -315,13 +381,36 @@ impl State {
     }
 }
 
-/// Temporary file beside `path`, fsync, rename over `path`, fsync of `dir` (so the rename
-/// itself is on disk). The temporary name is fixed: a file a killed writer left there is
-/// removed, and the new one is made with O_EXCL, so nothing put at that name is written
-/// through.
-fn write_synced(dir: &Path, path: &Path, content: &[u8]) -> io::Result<()> {
+/// The volumes' definitions, mount IDs aside.
+fn same_definitions(a: &BTreeMap<String, Volume>, b: &BTreeMap<String, Volume>) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|((na, va), (nb, vb))| {
+            na == nb && va.spec == vb.spec && va.owner == vb.owner && va.created_at == vb.created_at
+        })
+}
+
+/// Whether a replaced file must be on disk before the write returns.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Sync {
+    ToDisk,
+    No,
+}
+
+/// This boot's id: mounts do not outlive it.
+fn boot_id() -> String {
+    fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|id| id.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Temporary file beside `path`, rename over `path`; with [`Sync::ToDisk`] the file is
+/// synced before the rename and `dir` after it (so the rename itself is on disk). The
+/// temporary name is fixed: a file a killed writer left there is removed, and the new one
+/// is made with O_EXCL, so nothing put at that name is written through.
+fn write_replacing(dir: &Path, path: &Path, content: &[u8], sync: Sync) -> io::Result<()> {
     DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
-    let tmp = dir.join(format!("{STATE_FILE}.tmp"));
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = dir.join(format!("{name}.tmp"));
     match fs::remove_file(&tmp) {
         Err(err) if err.kind() != io::ErrorKind::NotFound => return Err(err),
         _ => {}
@@ -332,9 +421,14 @@ fn write_synced(dir: &Path, path: &Path, content: &[u8]) -> io::Result<()> {
         .mode(0o600)
         .open(&tmp)?;
     file.write_all(content)?;
-    file.sync_all()?;
+    if sync == Sync::ToDisk {
+        file.sync_all()?;
+    }
     fs::rename(&tmp, path)?;
-    File::open(dir)?.sync_all()
+    if sync == Sync::ToDisk {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 /// Docker's own rule for volume names (`[a-zA-Z0-9][a-zA-Z0-9_.-]*`, moby
@@ -389,337 +483,5 @@ impl SharedState {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::plugin::options::Access;
-    use std::os::unix::fs::PermissionsExt;
-    use std::sync::Arc;
-
-    /// A fresh folder under the system's temporary folder, removed on drop.
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new(tag: &str) -> TempDir {
-            static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-            let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let dir = std::env::temp_dir().join(format!(
-                "asme-plugin-state-{tag}-{}-{n}",
-                std::process::id()
-            ));
-            let _ = fs::remove_dir_all(&dir);
-            TempDir(dir)
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
-
-    const OWNER: Owner = Owner {
-        uid: 1234,
-        gid: 1234,
-    };
-
-    fn with_volume(tag: &str) -> (TempDir, State) {
-        let dir = TempDir::new(tag);
-        let mut state = State::load(&dir.0).unwrap();
-        state
-            .create("vol", VolumeSpec::new("/home/a/src"), OWNER)
-            .unwrap();
-        (dir, state)
-    }
-
-    /// One request of a reference-count sequence and the action it must yield.
-    #[derive(Debug, Clone, Copy)]
-    enum Step {
-        Mount(&'static str, MountAction),
-        Unmount(&'static str, UnmountAction),
-    }
-
-    #[test]
-    fn mounts_are_counted_by_id() {
-        use MountAction::*;
-        use Step::*;
-        use UnmountAction::*;
-        let cases: &[(&str, &[Step])] = &[
-            (
-                "two containers share a volume",
-                &[
-                    Mount("a", FirstMount),
-                    Mount("b", AlreadyMounted),
-                    Unmount("a", StillUsed),
-                    Unmount("b", LastGone),
-                ],
-            ),
-            (
-                "each docker start brings a new ID",
-                &[
-                    Mount("start-1", FirstMount),
-                    Unmount("start-1", LastGone),
-                    Mount("start-2", FirstMount),
-                    Unmount("start-2", LastGone),
-                ],
-            ),
-            (
-                "a request sent again changes nothing",
-                &[
-                    Mount("a", FirstMount),
-                    Mount("a", AlreadyMounted),
-                    Unmount("a", LastGone),
-                    Unmount("a", NotMounted),
-                ],
-            ),
-            (
-                "an unknown ID never releases another's mount",
-                &[
-                    Unmount("zz", NotMounted),
-                    Mount("b", FirstMount),
-                    Unmount("zz", NotMounted),
-                    Unmount("b", LastGone),
-                ],
-            ),
-        ];
-        for (what, steps) in cases {
-            let (dir, mut state) = with_volume("count");
-            for (i, step) in steps.iter().enumerate() {
-                let at = format!("{what}, step {i} {step:?}");
-                match *step {
-                    Mount(id, want) => assert_eq!(state.mount("vol", id).unwrap(), want, "{at}"),
-                    Unmount(id, want) => {
-                        assert_eq!(state.unmount("vol", id).unwrap(), want, "{at}")
-                    }
-                }
-                // What is on disk is what is in memory after every step.
-                let saved = State::load(&dir.0).unwrap();
-                assert_eq!(saved.get("vol"), state.get("vol"), "{at}");
-            }
-            assert!(!state.get("vol").unwrap().is_mounted(), "{what}");
-        }
-    }
-
-    #[test]
-    fn create_and_remove_sent_again_change_nothing() {
-        let (dir, mut state) = with_volume("again");
-        let created_at = state.get("vol").unwrap().created_at;
-        state
-            .create("vol", VolumeSpec::new("/home/a/src"), OWNER)
-            .unwrap();
-        assert_eq!(state.get("vol").unwrap().created_at, created_at);
-        assert!(state.remove("vol").unwrap().is_some());
-        assert_eq!(state.remove("vol").unwrap(), None);
-        assert_eq!(State::load(&dir.0).unwrap().list().count(), 0);
-    }
-
-    #[test]
-    fn unknown_volumes_are_errors_for_mount_and_unmount() {
-        let (_dir, mut state) = with_volume("unknown");
-        for result in [
-            state.mount("nope", "a").map(|_| ()),
-            state.unmount("nope", "a").map(|_| ()),
-        ] {
-            let err = result.unwrap_err();
-            assert!(matches!(err, StateError::NotFound(_)));
-            assert_eq!(err.to_string(), "volume 'nope' not found");
-        }
-    }
-
-    #[test]
-    fn remove_while_mounted_is_refused_and_keeps_the_volume() {
-        let (dir, mut state) = with_volume("busy");
-        state.mount("vol", "a").unwrap();
-        state.mount("vol", "b").unwrap();
-        let err = state.remove("vol").unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "volume 'vol' is in use by 2 container mount(s): stop the containers using it first"
-        );
-        assert!(state.get("vol").is_some());
-        assert!(State::load(&dir.0).unwrap().get("vol").is_some());
-        state.unmount("vol", "a").unwrap();
-        state.unmount("vol", "b").unwrap();
-        let removed = state.remove("vol").unwrap().unwrap();
-        assert_eq!(removed.spec.source, Path::new("/home/a/src"));
-    }
-
-    #[test]
-    fn create_refuses_other_options_and_bad_names() {
-        let (_dir, mut state) = with_volume("create");
-        let err = state
-            .create("vol", VolumeSpec::new("/other"), OWNER)
-            .unwrap_err();
-        assert!(matches!(err, StateError::Conflict(_)), "{err}");
-        assert_eq!(
-            state.get("vol").unwrap().spec.source,
-            Path::new("/home/a/src")
-        );
-        let cases: &[(&str, bool)] = &[
-            ("v", true),
-            ("my-vol_1.2", true),
-            (
-                "b87d7442095999a92b65b3d9691e697b61713829cc0ffd1bb72e4ccd51aa4d6c",
-                true,
-            ),
-            ("", false),
-            (".", false),
-            ("..", false),
-            ("-v", false),
-            ("_v", false),
-            ("a/b", false),
-            ("a b", false),
-            ("été", false),
-        ];
-        for (name, ok) in cases {
-            let result = state.create(name, VolumeSpec::new("/s"), OWNER);
-            assert_eq!(result.is_ok(), *ok, "{name:?}: {result:?}");
-            if !ok {
-                assert!(state.get(name).is_none());
-            }
-        }
-    }
-
-    #[test]
-    fn state_survives_a_restart() {
-        let (dir, mut state) = with_volume("persist");
-        let ro = VolumeSpec {
-            owner: Some(crate::owner::OwnerSpec {
-                uid: 1234,
-                gid: Some(55),
-            }),
-            uid: 1000,
-            gid: 1000,
-            access: Access::ReadOnly,
-            ..VolumeSpec::new("/data")
-        };
-        state
-            .create("ro", ro.clone(), Owner { uid: 1234, gid: 55 })
-            .unwrap();
-        state.mount("vol", "a").unwrap();
-        state.mount("vol", "b").unwrap();
-        let before: Vec<(String, Volume)> = state
-            .list()
-            .map(|(n, v)| (n.to_string(), v.clone()))
-            .collect();
-        drop(state);
-
-        let again = State::load(&dir.0).unwrap();
-        let after: Vec<(String, Volume)> = again
-            .list()
-            .map(|(n, v)| (n.to_string(), v.clone()))
-            .collect();
-        assert_eq!(after, before);
-        assert_eq!(again.get("ro").unwrap().spec, ro);
-        assert!(again.get("vol").unwrap().created_at > 1_600_000_000);
-
-        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode(&again.path()), 0o600);
-        assert_eq!(mode(&dir.0), 0o700);
-        assert!(!dir.0.join(format!("{STATE_FILE}.tmp")).exists());
-    }
-
-    #[test]
-    fn a_missing_state_is_empty_and_a_corrupt_one_an_error() {
-        let dir = TempDir::new("corrupt");
-        assert_eq!(State::load(&dir.0).unwrap().list().count(), 0);
-        fs::create_dir_all(&dir.0).unwrap();
-        let path = dir.0.join(STATE_FILE);
-        for text in ["", "{", "[]", r#"{"format":1,"volumes":{"v":{"spec":{}}}}"#] {
-            fs::write(&path, text).unwrap();
-            let err = State::load(&dir.0).unwrap_err();
-            assert!(matches!(err, StateError::Corrupt { .. }), "{text:?}: {err}");
-            assert_eq!(
-                err.to_string(),
-                format!(
-                    "the volume driver's state {} is corrupt (move it away to start with no \
-                     volumes)",
-                    path.display()
-                )
-            );
-            let cause = std::error::Error::source(&err).unwrap().to_string();
-            assert!(!cause.is_empty());
-        }
-        fs::write(&path, r#"{"format":2,"volumes":{}}"#).unwrap();
-        let err = State::load(&dir.0).unwrap_err();
-        assert!(matches!(err, StateError::Format { found: 2, .. }), "{err}");
-        assert!(err.to_string().contains(&path.display().to_string()));
-    }
-
-    #[test]
-    fn a_change_that_cannot_be_written_is_undone() {
-        let (dir, mut state) = with_volume("unwritable");
-        // The state folder becomes a file: every write fails, for root too.
-        fs::remove_dir_all(&dir.0).unwrap();
-        fs::write(&dir.0, "not a folder").unwrap();
-        let err = state.mount("vol", "a").unwrap_err();
-        assert!(matches!(err, StateError::Write { .. }), "{err}");
-        assert!(!state.get("vol").unwrap().is_mounted());
-        assert!(state.create("other", VolumeSpec::new("/o"), OWNER).is_err());
-        assert!(state.get("other").is_none());
-        // Changing nothing writes nothing, so it cannot fail.
-        assert_eq!(
-            state.unmount("vol", "a").unwrap(),
-            UnmountAction::NotMounted
-        );
-        fs::remove_file(&dir.0).unwrap();
-    }
-
-    #[test]
-    fn threads_share_one_state() {
-        let (dir, state) = with_volume("threads");
-        let shared = Arc::new(SharedState::new(state));
-        let handles: Vec<_> = (0..8)
-            .map(|t| {
-                let shared = Arc::clone(&shared);
-                std::thread::spawn(move || {
-                    let mut firsts = 0;
-                    for i in 0..10 {
-                        let id = format!("{t}-{i}");
-                        if shared.lock().mount("vol", &id).unwrap() == MountAction::FirstMount {
-                            firsts += 1;
-                        }
-                    }
-                    firsts
-                })
-            })
-            .collect();
-        let firsts: i32 = handles.into_iter().map(|h| h.join().unwrap()).sum();
-        assert_eq!(firsts, 1);
-        assert_eq!(shared.lock().get("vol").unwrap().mounts.len(), 80);
-        assert_eq!(
-            State::load(&dir.0)
-                .unwrap()
-                .get("vol")
-                .unwrap()
-                .mounts
-                .len(),
-            80
-        );
-    }
-
-    #[test]
-    fn a_panicked_request_leaves_what_was_saved() {
-        let (_dir, state) = with_volume("poison");
-        let shared = Arc::new(SharedState::new(state));
-        shared.lock().mount("vol", "a").unwrap();
-        let poisoner = Arc::clone(&shared);
-        let panicked = std::thread::spawn(move || {
-            let mut guard = poisoner.lock();
-            // Memory changed, never saved, then a panic.
-            guard
-                .volumes
-                .get_mut("vol")
-                .unwrap()
-                .mounts
-                .insert("half".into());
-            panic!("request failed halfway");
-        })
-        .join();
-        assert!(panicked.is_err());
-        let state = shared.lock();
-        assert_eq!(
-            state.get("vol").unwrap().mounts,
-            BTreeSet::from(["a".to_string()])
-        );
-    }
-}
+#[path = "state_tests.rs"]
+mod tests;
