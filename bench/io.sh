@@ -3,9 +3,13 @@
 # and through `asme --strategy idmap run -v`, on folders of the same host filesystem,
 # printed as medians and the ratio asme/plain (goal: at most 1.05).
 #
-#   sudo bench/io.sh [-n REPS] [--small N] [--big-mib M] [--dir PARENT]
+#   sudo bench/io.sh [-n REPS] [--small N] [--big-mib M] [--dir PARENT] [--driver]
 #        defaults:     3          20000        1024          /var/tmp
 #   quick check: sudo bench/io.sh -n 1 --small 2000 --big-mib 64
+#
+# --driver: asme runs without --rm, so its bind mount becomes a volume of asme's volume
+# driver (the container and its volume are removed after each phase): the same idmapped
+# mount, made by the plugin instead of the agent's lease. Goal: the same ratios.
 #
 # Workloads (each phase timed inside the container by bench/workload.py, so container
 # start-up is excluded):
@@ -24,6 +28,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 source bench/options.sh
+via=lease
+if [ "${rest[0]:-}" = --driver ]; then via=driver rest=("${rest[@]:1}"); fi
 [ ${#rest[@]} = 0 ] || die "unknown argument '${rest[0]}' (see --help)"
 
 image=${ASME_BENCH_IMAGE:-asme-test/debian}
@@ -62,7 +68,18 @@ fstype=$(df --output=fstype "$base" | tail -n 1)
 
 as_user() { setpriv --reuid="$uid" --regid="$gid" --init-groups env HOME="$home" PATH="$PATH" "$@"; }
 run_plain() { docker run --rm --label "$label" -v "$base/plain:/w" "$image" "$@"; }
-run_asme() { as_user "$asme" --strategy idmap run --rm --label "$label" -v "$base/asme:/w" "$image" "$@"; }
+run_asme() {
+  if [ "$via" = lease ]; then
+    as_user "$asme" --strategy idmap run --rm --label "$label" -v "$base/asme:/w" "$image" "$@"
+    return
+  fi
+  # The driver: a container that outlives the run; removed with its volume afterwards.
+  local name=asme-io-$$-$((++runs_via_driver)) status=0
+  as_user "$asme" --strategy idmap run --name "$name" --label "$label" -v "$base/asme:/w" "$image" "$@" || status=$?
+  docker rm -v "$name" >/dev/null
+  return "$status"
+}
+runs_via_driver=0
 drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
 
 # Which strategy asme really uses here (this also warms it up: image probe, idmap agent).
@@ -119,7 +136,7 @@ median() { tr ' ' '\n' | grep . | sort -g | awk '{a[NR]=$1} END {printf "%.1f", 
 echo "kernel      $(uname -r)"
 echo "filesystem  $fstype ($base)"
 echo "docker      $(docker version --format '{{.Server.Version}}')"
-echo "asme        ${strategy#asme: }"
+echo "asme        ${strategy#asme: } (made by: $via)"
 echo "runs        median of $reps, $small files of 1 KiB, $big_mib MiB sequential; timed inside the container"
 echo
 printf '%-32s %10s %10s %7s  %s\n' workload "plain ms" "asme ms" ratio goal

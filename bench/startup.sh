@@ -9,7 +9,8 @@
 # bind mounts become volumes of asme's volume driver; the container and its volume are
 # removed after each sample, untimed).
 #
-# Run it as an ordinary user in the docker group. Goal: every ratio at most 1.10.
+# Run it as an ordinary user in the docker group. Goal: every ratio at most 1.10; the
+# driver's at most 1.05. The driver's Mount latency alone: sudo bench/driver_mount.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -70,7 +71,7 @@ printf '%-28s %8s ms  (median of %d)\n' "docker run" "$base" "$runs"
 for s in "${strategies[@]}"; do
   m=$(tr ' ' '\n' <<<"${samples[$s]}" | grep . | median)
   ratio=$(awk -v a="$m" -v b="$base" 'BEGIN {printf "%.3f", a/b}')
-  label="asme --strategy $s run"
-  [ "$s" != driver ] || label="asme run (no --rm: driver)"
-  printf '%-28s %8s ms  ratio %s  (goal <= 1.10)\n' "$label" "$m" "$ratio"
+  label="asme --strategy $s run" goal=1.10
+  [ "$s" != driver ] || label="asme run (no --rm: driver)" goal=1.05
+  printf '%-28s %8s ms  ratio %s  (goal <= %s)\n' "$label" "$m" "$ratio" "$goal"
 done
