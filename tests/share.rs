@@ -52,16 +52,7 @@ fn a_share_the_engine_cannot_see_is_served_by_fuse() {
     ));
     run.assert_one_notice("using the fuse strategy");
     assert_eq!(run.ok().trim(), "0");
-    // Checked on the folder sshd serves, not through the user's mount (root may not enter it).
-    let out = share.backing.join("out");
-    let meta = fs::symlink_metadata(&out).unwrap();
-    assert_eq!(
-        (meta.uid(), meta.gid()),
-        (user.uid, user.gid),
-        "{}",
-        out.display()
-    );
-    assert_eq!(fs::read_to_string(&out).unwrap(), "hi\n");
+    share.assert_written_by(user);
     let served = format!("fuse.asme {} ", share.mountpoint.path.display());
     assert!(
         !fs::read_to_string("/proc/self/mountinfo")
@@ -113,21 +104,47 @@ fn a_share_the_engine_cannot_see_is_a_volume_of_the_driver() {
     assert_eq!(again.ok(), "0\n0:0\n", "after docker restart");
     let served_as = format!("fuse, served as {}:{}\n", user.uid, user.gid);
     assert_eq!(mapping.ok(), served_as);
-    let out = share.backing.join("out");
-    let meta = fs::symlink_metadata(&out).unwrap();
-    assert_eq!(
-        (meta.uid(), meta.gid()),
-        (user.uid, user.gid),
-        "{}",
-        out.display()
-    );
-    assert_eq!(fs::read_to_string(&out).unwrap(), "hi\n");
+    share.assert_written_by(user);
     removed.ok();
     let left: Vec<_> = fuse_mounts("fuse.asme")
         .into_iter()
         .filter(|m| m.ends_with(&name))
         .collect();
     assert!(left.is_empty(), "the driver left {left:?}");
+}
+
+/// `asme run` without `--rm` over the share: the container can be started again by docker
+/// alone, so its bind mount becomes a volume of the driver (FUSE, served as the user), and
+/// `docker start` keeps writing into the share as the user.
+#[test]
+fn a_container_over_a_share_started_again_by_docker_writes_as_the_user() {
+    let user = user1234();
+    let share = Share::mount(user);
+    let mount = format!("{}:/w", share.mountpoint.path.display());
+    let name = format!("asme-test-share-again-{}", std::process::id());
+    let script = "echo run >> /w/log && id -u";
+    let busybox = image("busybox");
+    let run = Run::of(asme_as(
+        user,
+        &user.home,
+        &[
+            "run", "--name", &name, "-v", &mount, &busybox, "sh", "-c", script,
+        ],
+    ));
+    let mut start = as_user(user, &user.home);
+    start.args(["docker", "start", "-a", &name]);
+    let again = Run::of(start);
+    let mut remove = as_user(user, &user.home);
+    remove.args(["docker", "rm", "-v", &name]);
+    let removed = Run::of(remove);
+
+    assert_eq!(run.ok(), "0\n");
+    assert_eq!(again.ok(), "0\n", "started again by docker");
+    removed.ok();
+    let log = share.backing.join("log");
+    assert_eq!(fs::read_to_string(&log).unwrap(), "run\nrun\n");
+    let meta = fs::symlink_metadata(&log).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (user.uid, user.gid));
 }
 
 /// A folder of `user`'s (`backing`), served by an sshd of the test's own and mounted by `user`
@@ -143,6 +160,16 @@ struct Share {
 }
 
 impl Share {
+    /// `out` holds "hi" and is `user`'s: checked on the folder sshd serves, not through the
+    /// user's mount (root may not enter it).
+    fn assert_written_by(&self, user: &User) {
+        let out = self.backing.join("out");
+        let meta = fs::symlink_metadata(&out).unwrap();
+        let owner = (meta.uid(), meta.gid());
+        assert_eq!(owner, (user.uid, user.gid), "{}", out.display());
+        assert_eq!(fs::read_to_string(&out).unwrap(), "hi\n");
+    }
+
     fn mount(user: &User) -> Share {
         clear_earlier_runs();
         let key = TestDir::new(user, "share-key");

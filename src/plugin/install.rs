@@ -104,7 +104,26 @@ pub fn status(engine: &Engine) -> Result<Status> {
 }
 
 /// `asme plugin install`: makes sure this build's plugin is installed and enabled.
+///
+/// Several asme runs may do this at once (an upgrade, a compose project): one may remove the
+/// plugin another has just made. So a failed attempt counts as done if the plugin is there
+/// and enabled after it, and is tried again otherwise.
 pub fn install(engine: &Engine, exe: &Path) -> Result<()> {
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match install_once(engine, exe) {
+            Ok(()) => return Ok(()),
+            Err(_) if status(engine).ok() == Some(Status::Current { enabled: true }) => {
+                return Ok(());
+            }
+            Err(e) if attempts >= 3 => return Err(e),
+            Err(_) => {}
+        }
+    }
+}
+
+fn install_once(engine: &Engine, exe: &Path) -> Result<()> {
     match status(engine)? {
         Status::Current { enabled: true } => return Ok(()),
         Status::Current { enabled: false } => {}

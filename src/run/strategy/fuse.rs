@@ -10,7 +10,9 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 
-use super::{Launch, Name, Prepared, Refusal, container_ids, keep::keep_user, open_source};
+use super::{
+    Launch, Name, Prepared, Refusal, container_ids, durable, keep::keep_user, open_source,
+};
 use crate::fs;
 use crate::run::Context;
 use crate::run::args::RunArgs;
@@ -29,11 +31,21 @@ pub fn prepare<'a>(ctx: &'a Context, args: &RunArgs) -> Result<Prepared<'a>, Ref
         binds.len(),
         ctx.owner
     ));
+    let paths = super::sources(ctx, &binds);
+    // Checks them, and creates a missing `-v` source as the owner, as docker would.
+    let sources = binds
+        .iter()
+        .zip(&paths)
+        .map(|(bind, path)| open_source(path, bind.kind))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut prepared = keep_user(ctx, args);
+    if let Some(durable) = durable::driver_args(ctx, args, &binds, &sources, container) {
+        prepared.args = durable;
+        return Ok(prepared);
+    }
     let map = fs::map::OwnerMap::single((ctx.owner.uid, ctx.owner.gid), container);
     let mut mounted = FuseMounts(Vec::new());
-    for (i, (bind, source)) in binds.iter().zip(super::sources(ctx, &binds)).enumerate() {
-        // Checks it, and creates a missing `-v` source as the owner, as docker would.
-        open_source(&source, bind.kind)?;
+    for (i, source) in paths.into_iter().enumerate() {
         let point = ctx
             .cache
             .mount_dir()
@@ -53,7 +65,6 @@ pub fn prepare<'a>(ctx: &'a Context, args: &RunArgs) -> Result<Prepared<'a>, Ref
         }
         mounted.0.push(point);
     }
-    let mut prepared = keep_user(ctx, args);
     prepared.args = mounts::with_sources(args, &binds, &mounted.0);
     prepared.launch = Launch::Child {
         after: Box::new(move || drop(mounted)),

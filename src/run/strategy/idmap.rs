@@ -1,13 +1,13 @@
 //! Strategy `idmap`: the container keeps its user; each bind mount is swapped for an
 //! idmapped copy, made by the agent, in which that user's writes are stored as the owner.
 
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 
-use super::{Launch, Name, Prepared, Refusal, container_ids, keep::keep_user, open_source};
+use super::{
+    Launch, Name, Prepared, Refusal, container_ids, durable, keep::keep_user, open_source,
+};
 use crate::agent::{self, LeaseError, SourceRefusal};
 use crate::fix;
-use crate::plugin;
-use crate::plugin::options::{Access, anonymous_volume};
 use crate::run::Context;
 use crate::run::args::RunArgs;
 use crate::run::mounts;
@@ -78,65 +78,15 @@ pub fn prepare<'a>(ctx: &'a Context, args: &RunArgs) -> Result<Prepared<'a>, Ref
             bind.source
         );
     }
-    // A container that outlives this run (no --rm) is mounted again at every `docker
-    // start`: then the mapping must be the engine's, through asme's volume driver. The lease
-    // above has already shown that these folders take idmapped mounts.
-    if !args.flag("rm")
-        && let Some(values) = driver_volumes(ctx, args, &binds, &sources, container)
-    {
-        match plugin::install::install(&ctx.engine, &ctx.exe) {
-            Ok(()) => {
-                ctx.say(
-                    "the container can outlive this run: its bind mounts are volumes of asme's \
-                     driver, so docker start keeps the mapping",
-                );
-                drop(lease);
-                prepared.args = mounts::with_mount_values(args, &binds, &values);
-                return Ok(prepared);
-            }
-            Err(e) => ctx.say(format_args!(
-                "the volume driver is not available ({e:#}); docker start of this container \
-                 will be refused"
-            )),
-        }
+    // The lease above has already shown that these folders take idmapped mounts.
+    if let Some(durable) = durable::driver_args(ctx, args, &binds, &sources, container) {
+        drop(lease);
+        prepared.args = durable;
+        return Ok(prepared);
     }
     prepared.args = mounts::with_sources(args, &binds, &lease.paths);
     prepared.launch = Launch::Exec { lease: Some(lease) };
     Ok(prepared)
-}
-
-/// The `--mount` values that make each bind mount an anonymous volume of asme's driver;
-/// `None` where one of them cannot be one (a file, or options a volume cannot say).
-fn driver_volumes(
-    ctx: &Context,
-    args: &RunArgs,
-    binds: &[mounts::BindMount],
-    sources: &[OwnedFd],
-    container: (u32, u32),
-) -> Option<Vec<String>> {
-    binds
-        .iter()
-        .zip(sources)
-        .map(|(bind, fd)| {
-            let target = mounts::volume_target(args, bind)?;
-            if !crate::sys::mount::is_dir(fd.as_fd()).ok()? {
-                return None;
-            }
-            let source = std::fs::canonicalize(bind.absolute_source(&ctx.cwd)).ok()?;
-            let access = if target.read_only {
-                Access::ReadOnly
-            } else {
-                Access::ReadWrite
-            };
-            Some(anonymous_volume(
-                &target.dest,
-                &source,
-                ctx.owner,
-                container,
-                access,
-            ))
-        })
-        .collect()
 }
 
 /// A folder directly in `dir` (or `dir` itself) owned by host root, by name.

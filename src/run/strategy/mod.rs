@@ -6,6 +6,7 @@
 //! it cannot serve this run, typed, so that `auto` knows whether the next one can. A new
 //! strategy is one file here and one line in [`Name`].
 
+mod durable;
 mod fix;
 mod fuse;
 mod idmap;
