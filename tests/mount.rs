@@ -674,6 +674,9 @@ fn exits(pid: i32) -> bool {
     unsafe { libc::poll(&mut pfd, 1, 20_000) == 1 }
 }
 
+/// A detached `--rm` container (which docker cannot start again) keeps asme's own server:
+/// it serves until the container stops, then exits and leaves nothing. (Without `--rm` the
+/// bind mount is a volume of the driver instead: tests/volume.rs.)
 #[test]
 fn fuse_strategy_serves_a_detached_container_until_it_stops() {
     let _host = fuse_host();
@@ -694,6 +697,7 @@ fn fuse_strategy_serves_a_detached_container_until_it_stops() {
             "fuse",
             "run",
             "-d",
+            "--rm",
             "--name",
             &name.0,
             "-v",
@@ -719,11 +723,6 @@ fn fuse_strategy_serves_a_detached_container_until_it_stops() {
     assert_all_owned(&dir.path, u, 3);
     ok(docker(&["stop", "--time", "1", &name.0]));
     assert!(exits(servers[0]), "the server outlived its container");
-    // Started again by docker alone, it is refused (its mount point is gone) and says what to
-    // do; nothing is created where the mount point was.
-    let again = testenv::Run::of(docker(&["start", &name.0]));
-    assert_ne!(again.code(), Some(0), "{}", again.explain());
-    assert!(again.stderr.contains("asme-run"), "{}", again.explain());
     assert_eq!(
         listing(),
         before,

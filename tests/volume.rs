@@ -278,6 +278,51 @@ fn a_folder_that_refuses_idmap_is_served_by_fuse() {
     assert_eq!(left, 0, "a mount of {} was left on the host", volume.name);
 }
 
+/// `asme --strategy fuse run` without `--rm`: the container can outlive the run, so its bind
+/// mount is a volume of the driver, served by FUSE as the strategy asks (`mapping=fuse`),
+/// and `docker start` keeps writing as the owner.
+#[test]
+fn asme_run_with_the_fuse_strategy_rides_on_the_driver() {
+    let (_plugin, user) = installed();
+    let dir = TestDir::new(user, "volume-fuse-run");
+    let name = ContainerName::new("volume-fuse-run");
+    let mount = format!("{}:/w", dir.path.display());
+    let script = "echo run >> /w/log; id -u";
+    let busybox = image("busybox");
+    let args = [
+        "--strategy",
+        "fuse",
+        "run",
+        "--name",
+        &name.0,
+        "-v",
+        &mount,
+        &busybox,
+    ];
+    let run = Run::of(asme_as(
+        user,
+        &dir.path,
+        &[&args[..], &["sh", "-c", script]].concat(),
+    ));
+    assert_eq!(run.ok(), "0\n");
+    let format = "{{range .Mounts}}{{.Name}}{{end}}";
+    // Its anonymous volume goes with it (`docker rm -v` when `name` drops).
+    let volume = docker_as(user, &dir.path, &["inspect", "-f", format, &name.0]).ok();
+    let volume = volume.trim();
+    docker_as(user, &dir.path, &["start", "-a", &name.0]).ok();
+    let format = "{{.Status.Mapping}} {{index .Options \"mapping\"}}";
+    let inspected = docker_as(
+        user,
+        &dir.path,
+        &["volume", "inspect", "-f", format, &volume.name],
+    );
+    // Not mounted now (the container stopped): no Mapping, the option as asked.
+    assert_eq!(inspected.ok(), "<no value> fuse\n");
+    assert_eq!(fs::read_to_string(dir.join("log")).unwrap(), "run\nrun\n");
+    let meta = fs::metadata(dir.join("log")).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (user.uid, user.gid));
+}
+
 /// Compose (Debian's docker-compose): a service whose volume uses the driver writes into the
 /// user's folder as the user, and `down -v` removes the volume, never the folder.
 #[test]

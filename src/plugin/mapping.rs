@@ -12,7 +12,7 @@
 //!   starts) and kept, so a Mount costs the three mount syscalls; the kernel mount outlives
 //!   the plugin.
 //! - **fuse**, as root with passthrough: for a folder whose filesystem refuses idmapped
-//!   mounts (FUSE, NFS) but that root may read.
+//!   mounts (FUSE, NFS) but that root may read, or a volume made with `-o mapping=fuse`.
 //! - **fuse, as the share's user**: for a FUSE share mounted without `allow_other`, which
 //!   only its user may enter (root and the engine get EACCES). The server mounts as root,
 //!   then becomes that user (`asme mount --serve-as`).
@@ -29,7 +29,7 @@ use std::sync::Mutex;
 use anyhow::{Context, Result};
 use rustix::io::Errno;
 
-use super::options::{self, VolumeSpec};
+use super::options::{self, Mapping, VolumeSpec};
 use super::state::Volume;
 use crate::fs;
 use crate::fs::map::OwnerMap;
@@ -156,6 +156,7 @@ impl Mappings {
         }
         let spec = &volume.spec;
         let source = match open_source(&spec.source) {
+            Ok(_) if spec.mapping == Mapping::Fuse => return fuse(&point, volume, None),
             Ok(fd) => fd,
             Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
                 return fuse(
@@ -179,7 +180,9 @@ impl Mappings {
                     .with_context(|| format!("attaching at {}", point.display()))?;
                 Ok(Served::Idmap)
             }
-            Err(e) if refuses_idmap(&e) => fuse(&point, volume, None),
+            Err(e) if refuses_idmap(&e) && spec.mapping != Mapping::Idmap => {
+                fuse(&point, volume, None)
+            }
             Err(e) => {
                 Err(e).with_context(|| format!("an idmapped mount of {}", spec.source.display()))
             }

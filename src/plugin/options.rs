@@ -1,5 +1,5 @@
 //! The options of `docker volume create -d asme -o source=ABS_DIR [-o owner=UID[:GID]]
-//! [-o uid=N] [-o gid=N] [-o ro]`, checked and typed. Pure.
+//! [-o uid=N] [-o gid=N] [-o ro] [-o mapping=auto|idmap|fuse]`, checked and typed. Pure.
 //!
 //! dockerd hands them over as `VolumeDriver.Create`'s `Opts` map (from `-o`, from
 //! `volume-opt=` of `--mount`, or from compose's `driver_opts`); `-o ro` arrives as
@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::owner::{Owner, OwnerSpec, OwnerSpecError, parse_id};
 
 /// Every option the driver takes, in the order messages list them.
-pub const KNOWN_OPTIONS: [&str; 5] = ["source", "owner", "uid", "gid", "ro"];
+pub const KNOWN_OPTIONS: [&str; 6] = ["source", "owner", "uid", "gid", "ro", "mapping"];
 
 /// Whether the container may write to the volume.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -25,6 +25,44 @@ pub const KNOWN_OPTIONS: [&str; 5] = ["source", "owner", "uid", "gid", "ro"];
 pub enum Access {
     ReadWrite,
     ReadOnly,
+}
+
+/// How the volume is mapped (`-o mapping`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mapping {
+    /// idmap where the filesystem takes it, else asme's FUSE mapping.
+    #[default]
+    Auto,
+    /// idmap only: a folder that refuses it fails the Mount.
+    Idmap,
+    /// asme's FUSE mapping always (what `asme run --strategy fuse` asks).
+    Fuse,
+}
+
+impl Mapping {
+    fn parse(text: &str) -> Option<Mapping> {
+        match text {
+            "auto" => Some(Mapping::Auto),
+            "idmap" => Some(Mapping::Idmap),
+            "fuse" => Some(Mapping::Fuse),
+            _ => None,
+        }
+    }
+
+    fn is_auto(&self) -> bool {
+        *self == Mapping::Auto
+    }
+}
+
+impl fmt::Display for Mapping {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mapping::Auto => "auto",
+            Mapping::Idmap => "idmap",
+            Mapping::Fuse => "fuse",
+        })
+    }
 }
 
 /// A volume as its options describe it.
@@ -47,6 +85,8 @@ pub struct VolumeSpec {
     /// same way.
     pub gid: u32,
     pub access: Access,
+    #[serde(default, skip_serializing_if = "Mapping::is_auto")]
+    pub mapping: Mapping,
 }
 
 /// Why the options were refused. Each message is one line naming the option, as
@@ -65,6 +105,8 @@ pub enum OptionError {
     BadOwner(#[from] OwnerSpecError),
     #[error("invalid ro '{0}': expected -o ro, -o ro=true or -o ro=false")]
     BadAccess(String),
+    #[error("invalid mapping '{0}': expected auto, idmap or fuse")]
+    BadMapping(String),
     #[error(
         "owner {0} is host root: a volume never stores files as uid or gid 0; \
          pass -o owner=UID:GID of an ordinary user"
@@ -85,7 +127,10 @@ fn unknown_message(names: &[String]) -> String {
         .collect::<Vec<_>>()
         .join(", ");
     let plural = if names.len() == 1 { "" } else { "s" };
-    format!("unknown option{plural} {quoted}: the options are source, owner, uid, gid and ro")
+    format!(
+        "unknown option{plural} {quoted}: the options are source, owner, uid, gid, ro and \
+         mapping"
+    )
 }
 
 impl VolumeSpec {
@@ -98,6 +143,7 @@ impl VolumeSpec {
             uid: 0,
             gid: 0,
             access: Access::ReadWrite,
+            mapping: Mapping::Auto,
         }
     }
 
@@ -142,12 +188,19 @@ impl VolumeSpec {
             Some("" | "true") => Access::ReadOnly,
             Some(other) => return Err(OptionError::BadAccess(other.to_string())),
         };
+        let mapping = match opts.get("mapping") {
+            None => Mapping::Auto,
+            Some(text) => {
+                Mapping::parse(text).ok_or_else(|| OptionError::BadMapping(text.clone()))?
+            }
+        };
         Ok(VolumeSpec {
             source,
             owner,
             uid,
             gid,
             access,
+            mapping,
         })
     }
 }
@@ -221,6 +274,7 @@ pub fn anonymous_volume(
     owner: Owner,
     container: (u32, u32),
     access: Access,
+    mapping: Mapping,
 ) -> String {
     use crate::engine::mount_arg::csv_quote;
     let mut fields = vec![
@@ -232,6 +286,9 @@ pub fn anonymous_volume(
         format!("volume-opt=uid={}", container.0),
         format!("volume-opt=gid={}", container.1),
     ];
+    if mapping != Mapping::Auto {
+        fields.push(format!("volume-opt=mapping={mapping}"));
+    }
     if access == Access::ReadOnly {
         fields.push("readonly".into());
     }
@@ -356,6 +413,21 @@ mod tests {
                 },
             ),
             (&[("source", "/s"), ("ro", "false")], spec("/s")),
+            (&[("source", "/s"), ("mapping", "auto")], spec("/s")),
+            (
+                &[("source", "/s"), ("mapping", "fuse")],
+                VolumeSpec {
+                    mapping: Mapping::Fuse,
+                    ..spec("/s")
+                },
+            ),
+            (
+                &[("source", "/s"), ("mapping", "idmap")],
+                VolumeSpec {
+                    mapping: Mapping::Idmap,
+                    ..spec("/s")
+                },
+            ),
         ];
         for (input, want) in cases {
             assert_eq!(
@@ -424,6 +496,10 @@ mod tests {
                 &[("source", "/s"), ("ro", "1")],
                 OptionError::BadAccess("1".into()),
             ),
+            (
+                &[("source", "/s"), ("mapping", "bindfs")],
+                OptionError::BadMapping("bindfs".into()),
+            ),
         ];
         for (input, want) in cases {
             let got = VolumeSpec::parse(&opts(input));
@@ -442,7 +518,8 @@ mod tests {
             ),
             (
                 &[("source", "/s"), ("size", "1")],
-                "unknown option 'size': the options are source, owner, uid, gid and ro",
+                "unknown option 'size': the options are source, owner, uid, gid, ro and \
+                 mapping",
             ),
             (
                 &[("source", "/s"), ("a", "1"), ("b", "2")],
@@ -466,6 +543,42 @@ mod tests {
             let got = VolumeSpec::parse(&opts(input)).unwrap_err().to_string();
             assert!(got.starts_with(want), "{input:?}: {got}");
         }
+    }
+
+    /// What `asme run` gives docker: the driver's options, the mapping only when not auto.
+    #[test]
+    fn anonymous_volumes_carry_the_options() {
+        let owner = Owner {
+            uid: 1234,
+            gid: 1234,
+        };
+        let auto = anonymous_volume(
+            "/w",
+            Path::new("/home/a,b"),
+            owner,
+            (0, 0),
+            Access::ReadWrite,
+            Mapping::Auto,
+        );
+        assert_eq!(
+            auto,
+            "type=volume,dst=/w,volume-driver=asme,\"volume-opt=source=/home/a,b\",\
+             volume-opt=owner=1234:1234,volume-opt=uid=0,volume-opt=gid=0"
+        );
+        let fuse = anonymous_volume(
+            "/w",
+            Path::new("/s"),
+            owner,
+            (1000, 1000),
+            Access::ReadOnly,
+            Mapping::Fuse,
+        );
+        assert!(
+            fuse.ends_with(
+                "volume-opt=uid=1000,volume-opt=gid=1000,volume-opt=mapping=fuse,readonly"
+            ),
+            "{fuse}"
+        );
     }
 
     #[test]

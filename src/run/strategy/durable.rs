@@ -6,25 +6,27 @@
 use std::os::fd::{AsFd, OwnedFd};
 
 use crate::plugin;
-use crate::plugin::options::{Access, anonymous_volume};
+use crate::plugin::options::{Access, Mapping, anonymous_volume};
 use crate::run::Context;
 use crate::run::args::RunArgs;
 use crate::run::mounts;
 
 /// The docker argv with each bind mount made a volume of the driver (installing it if
-/// needed), or `None` when the run keeps its own mappings: `--rm`, a bind mount a volume
-/// cannot stand for (a file, options a volume cannot say), or no driver.
+/// needed), mapped as `mapping` says, or `None` when the run keeps its own mappings: `--rm`,
+/// a bind mount a volume cannot stand for (a file, options a volume cannot say), or no
+/// driver.
 pub fn driver_args(
     ctx: &Context,
     args: &RunArgs,
     binds: &[mounts::BindMount],
     sources: &[OwnedFd],
     container: (u32, u32),
+    mapping: Mapping,
 ) -> Option<RunArgs> {
     if args.flag("rm") {
         return None;
     }
-    let values = volumes(ctx, args, binds, sources, container)?;
+    let values = volumes(ctx, args, binds, sources, container, mapping)?;
     match plugin::install::install(&ctx.engine, &ctx.exe) {
         Ok(()) => {
             ctx.say(
@@ -51,6 +53,7 @@ fn volumes(
     binds: &[mounts::BindMount],
     sources: &[OwnedFd],
     container: (u32, u32),
+    mapping: Mapping,
 ) -> Option<Vec<String>> {
     binds
         .iter()
@@ -72,6 +75,7 @@ fn volumes(
                 ctx.owner,
                 container,
                 access,
+                mapping,
             ))
         })
         .collect()

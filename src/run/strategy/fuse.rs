@@ -14,6 +14,7 @@ use super::{
     Launch, Name, Prepared, Refusal, container_ids, durable, keep::keep_user, open_source,
 };
 use crate::fs;
+use crate::plugin::options::Mapping;
 use crate::run::Context;
 use crate::run::args::RunArgs;
 use crate::run::mounts;
@@ -39,7 +40,9 @@ pub fn prepare<'a>(ctx: &'a Context, args: &RunArgs) -> Result<Prepared<'a>, Ref
         .map(|(bind, path)| open_source(path, bind.kind))
         .collect::<Result<Vec<_>, _>>()?;
     let mut prepared = keep_user(ctx, args);
-    if let Some(durable) = durable::driver_args(ctx, args, &binds, &sources, container) {
+    if let Some(durable) =
+        durable::driver_args(ctx, args, &binds, &sources, container, Mapping::Fuse)
+    {
         prepared.args = durable;
         return Ok(prepared);
     }

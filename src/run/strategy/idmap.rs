@@ -8,6 +8,7 @@ use super::{
 };
 use crate::agent::{self, LeaseError, SourceRefusal};
 use crate::fix;
+use crate::plugin::options::Mapping;
 use crate::run::Context;
 use crate::run::args::RunArgs;
 use crate::run::mounts;
@@ -79,7 +80,9 @@ pub fn prepare<'a>(ctx: &'a Context, args: &RunArgs) -> Result<Prepared<'a>, Ref
         );
     }
     // The lease above has already shown that these folders take idmapped mounts.
-    if let Some(durable) = durable::driver_args(ctx, args, &binds, &sources, container) {
+    if let Some(durable) =
+        durable::driver_args(ctx, args, &binds, &sources, container, Mapping::Auto)
+    {
         drop(lease);
         prepared.args = durable;
         return Ok(prepared);
