@@ -314,7 +314,7 @@ fn asme_run_with_the_fuse_strategy_rides_on_the_driver() {
     let inspected = docker_as(
         user,
         &dir.path,
-        &["volume", "inspect", "-f", format, &volume.name],
+        &["volume", "inspect", "-f", format, volume],
     );
     // Not mounted now (the container stopped): no Mapping, the option as asked.
     assert_eq!(inspected.ok(), "<no value> fuse\n");
