@@ -13,6 +13,7 @@ use fuser::{FileAttr, FileHandle, FileType, INodeNo, Request, TimeOrNow};
 use rustix::fs::{AtFlags, Mode, OFlags, Stat, StatVfs, Timespec, Timestamps};
 
 use super::node::{self, Node};
+use super::owners::{self, Recorded};
 use super::{MappedFs, Result, errno, handle, key, proc_path};
 
 /// What a SETATTR asks for (ids as the mount shows them).
@@ -34,8 +35,10 @@ pub(super) enum Xattr {
 }
 
 impl MappedFs {
-    pub(super) fn attr(&self, st: &Stat) -> FileAttr {
-        let map = &self.settings.map;
+    /// `st` as FUSE shows it; `fd` is the object's `O_PATH` descriptor (for its recorded
+    /// owner).
+    pub(super) fn attr(&self, st: &Stat, fd: BorrowedFd<'_>) -> FileAttr {
+        let (uid, gid) = self.shown_owner(st, fd);
         FileAttr {
             ino: INodeNo(self.nodes.id_for(key(st))),
             size: st.st_size as u64,
@@ -47,8 +50,8 @@ impl MappedFs {
             kind: kind(st.st_mode),
             perm: (st.st_mode & 0o7777) as u16,
             nlink: st.st_nlink as u32,
-            uid: map.users.to_mount(st.st_uid),
-            gid: map.groups.to_mount(st.st_gid),
+            uid,
+            gid,
             rdev: encode_dev(st.st_rdev),
             blksize: st.st_blksize as u32,
             flags: 0,
@@ -56,8 +59,57 @@ impl MappedFs {
     }
 
     pub(super) fn stat_node(&self, node: &Node) -> Result<FileAttr> {
-        let st = rustix::fs::fstat(&*self.fd(node)?).map_err(errno)?;
-        Ok(self.attr(&st))
+        let fd = self.fd(node)?;
+        let st = rustix::fs::fstat(&*fd).map_err(errno)?;
+        Ok(self.attr(&st, fd.as_fd()))
+    }
+
+    /// Who the mount shows as `st`'s owner: the recorded owner where there is one, else
+    /// SOURCE's owner through the map.
+    fn shown_owner(&self, st: &Stat, fd: BorrowedFd<'_>) -> (u32, u32) {
+        let mapped = owners::mapped(&self.settings.map, st);
+        if self.settings.recorded.is_some() && owners::can_record(st) {
+            owners::read(fd).unwrap_or(mapped)
+        } else {
+            mapped
+        }
+    }
+
+    /// With recorded owners: what the server made is stored as the owner (root's server
+    /// chowns it; a user's makes everything its own anyway) and recorded as its creator's,
+    /// with a set-group-id parent's shown group as the kernel would give it.
+    pub(super) fn record_creator(
+        &self,
+        recorded: Recorded,
+        req: &Request,
+        parent: &OwnedFd,
+        fd: BorrowedFd<'_>,
+        st: &Stat,
+    ) -> Result<Stat> {
+        let parent_st = rustix::fs::fstat(parent).map_err(errno)?;
+        let inherits_group = parent_st.st_mode as u32 & libc::S_ISGID != 0;
+        let mut st = *st;
+        let disk_gid = if inherits_group {
+            st.st_gid
+        } else {
+            recorded.disk.1
+        };
+        if self.as_root && (st.st_uid, st.st_gid) != (recorded.disk.0, disk_gid) {
+            st = self.chown_keeping_set_id(fd, &st, recorded.disk.0, disk_gid)?;
+        }
+        if owners::can_record(&st) {
+            let gid = if inherits_group {
+                self.shown_owner(&parent_st, parent.as_fd()).1
+            } else {
+                req.gid()
+            };
+            let creator = (req.uid(), gid);
+            let mapped = owners::mapped(&self.settings.map, &st);
+            if creator != mapped {
+                owners::write(fd, creator, mapped).map_err(errno)?;
+            }
+        }
+        Ok(st)
     }
 
     /// chown to the creator's ids; a set-group-id parent keeps its group (as the kernel would
@@ -80,6 +132,17 @@ impl MappedFs {
         if st.st_uid == uid && st.st_gid == gid {
             return Ok(*st);
         }
+        self.chown_keeping_set_id(fd, st, uid, gid)
+    }
+
+    /// chown of a new object; chown clears set-id bits its creator asked for: restore them.
+    fn chown_keeping_set_id(
+        &self,
+        fd: BorrowedFd<'_>,
+        st: &Stat,
+        uid: u32,
+        gid: u32,
+    ) -> Result<Stat> {
         chown_fd(fd, Some(uid), Some(gid)).map_err(errno)?;
         let mode = st.st_mode;
         let is_dir = mode & libc::S_IFMT == libc::S_IFDIR;
@@ -95,10 +158,14 @@ impl MappedFs {
             chmod_fd(path_fd.as_fd(), mode & 0o7777).map_err(errno)?;
         }
         if change.uid.is_some() || change.gid.is_some() {
-            let map = &self.settings.map;
-            let uid = change.uid.map(|u| map.users.to_source(u));
-            let gid = change.gid.map(|g| map.groups.to_source(g));
-            chown_fd(path_fd.as_fd(), uid, gid).map_err(errno)?;
+            if self.settings.recorded.is_some() {
+                self.record_chown(path_fd.as_fd(), change.uid, change.gid)?;
+            } else {
+                let map = &self.settings.map;
+                let uid = change.uid.map(|u| map.users.to_source(u));
+                let gid = change.gid.map(|g| map.groups.to_source(g));
+                chown_fd(path_fd.as_fd(), uid, gid).map_err(errno)?;
+            }
         }
         if let Some(size) = change.size {
             self.truncate(node, change.fh, size)?;
@@ -118,6 +185,19 @@ impl MappedFs {
             .map_err(errno)?;
         }
         self.stat_node(node)
+    }
+
+    /// CHOWN with recorded owners: the new shown owner is recorded, SOURCE's stays. Objects
+    /// that cannot carry the record accept the change and keep their default owner.
+    fn record_chown(&self, fd: BorrowedFd<'_>, uid: Option<u32>, gid: Option<u32>) -> Result<()> {
+        let st = rustix::fs::fstat(fd).map_err(errno)?;
+        if !owners::can_record(&st) {
+            return Ok(());
+        }
+        let shown = self.shown_owner(&st, fd);
+        let wanted = (uid.unwrap_or(shown.0), gid.unwrap_or(shown.1));
+        let mapped = owners::mapped(&self.settings.map, &st);
+        owners::write(fd, wanted, mapped).map_err(errno)
     }
 
     fn truncate(&self, node: &Node, fh: Option<FileHandle>, size: u64) -> Result<()> {
@@ -148,12 +228,18 @@ impl MappedFs {
         value: &[u8],
         flags: i32,
     ) -> Result<()> {
+        if owners::is_ours(name) {
+            return Err(fuser::Errno::EPERM);
+        }
         let (_, fd) = self.node_fd(ino)?;
         let flags = rustix::fs::XattrFlags::from_bits_retain(flags as u32);
         rustix::fs::setxattr(proc_path(fd.as_raw_fd()), name, value, flags).map_err(errno)
     }
 
     pub(super) fn get_xattr(&self, ino: INodeNo, name: &OsStr, size: u32) -> Result<Xattr> {
+        if owners::is_ours(name) {
+            return Err(fuser::Errno::ENODATA);
+        }
         let (_, fd) = self.node_fd(ino)?;
         let path = proc_path(fd.as_raw_fd());
         xattr(
@@ -163,17 +249,28 @@ impl MappedFs {
         )
     }
 
+    /// The object's attribute names, without the server's own (read whole to leave it out,
+    /// even when only the size is asked).
     pub(super) fn list_xattr(&self, ino: INodeNo, size: u32) -> Result<Xattr> {
         let (_, fd) = self.node_fd(ino)?;
         let path = proc_path(fd.as_raw_fd());
-        xattr(
-            size,
-            || rustix::fs::listxattr_query(&path),
-            |buf| rustix::fs::listxattr(&path, buf),
-        )
+        let full = rustix::fs::listxattr_query(&path).map_err(errno)?;
+        let mut buf = vec![0u8; full];
+        let n = rustix::fs::listxattr(&path, &mut buf).map_err(errno)?;
+        let list = owners::without_ours(&buf[..n]);
+        if size == 0 {
+            Ok(Xattr::Size(list.len() as u32))
+        } else if list.len() > size as usize {
+            Err(fuser::Errno::ERANGE)
+        } else {
+            Ok(Xattr::Data(list))
+        }
     }
 
     pub(super) fn remove_xattr(&self, ino: INodeNo, name: &OsStr) -> Result<()> {
+        if owners::is_ours(name) {
+            return Err(fuser::Errno::EPERM);
+        }
         let (_, fd) = self.node_fd(ino)?;
         rustix::fs::removexattr(proc_path(fd.as_raw_fd()), name).map_err(errno)
     }

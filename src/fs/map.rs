@@ -80,6 +80,12 @@ impl OwnerMap {
         }
     }
 
+    /// The SOURCE side of the first user and group pairs: whose the files are, for a map
+    /// made by [`OwnerMap::single`].
+    pub fn first_source(&self) -> Option<(u32, u32)> {
+        Some(((self.users.0.first()?).0, (self.groups.0.first()?).0))
+    }
+
     /// Parses SPEC (`a/b:@c/@d:...`), names resolved in the host's passwd and group files.
     pub fn parse(spec: &str, passwd: &PasswdFile, group: &GroupFile) -> Result<OwnerMap, MapError> {
         let mut map = OwnerMap::default();

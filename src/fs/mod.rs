@@ -21,6 +21,7 @@ pub mod map;
 pub mod mount;
 mod names;
 mod node;
+pub mod owners;
 mod server;
 
 use std::ffi::{CString, OsStr};
@@ -46,6 +47,8 @@ pub struct Settings {
     pub ttl: Duration,
     /// Use FUSE passthrough for file data when the kernel offers it (needs root).
     pub passthrough: bool,
+    /// Keep SOURCE's files the owner's and record the owners the mount shows (`owners`).
+    pub recorded: Option<owners::Recorded>,
 }
 
 /// The filesystem served over FUSE.

@@ -20,6 +20,7 @@ use rustix::io::Errno;
 
 use super::check::{check_dev_fuse, check_mountpoint, check_user_mount, fusermount};
 use super::map::OwnerMap;
+use super::owners::Recorded;
 use super::{MappedFs, Settings};
 use crate::owner::{self, Owner};
 
@@ -50,10 +51,11 @@ struct Options {
     dev: bool,
     suid: bool,
     threads: usize,
+    record_owners: bool,
 }
 
 const KNOWN_OPTIONS: &str = "ro, rw, allow_other, allow_root, private, timeout=SECONDS, \
-                             nopassthrough, dev, suid, threads=N";
+                             nopassthrough, dev, suid, threads=N, record_owners";
 
 fn parse_options(given: &[String]) -> Result<Options> {
     let mut o = Options {
@@ -68,6 +70,7 @@ fn parse_options(given: &[String]) -> Result<Options> {
             .map_or(2, |n| n.get())
             .max(2)
             * 2,
+        record_owners: false,
     };
     for opt in given
         .iter()
@@ -84,6 +87,7 @@ fn parse_options(given: &[String]) -> Result<Options> {
                 "nopassthrough" => o.passthrough = false,
                 "dev" => o.dev = true,
                 "suid" => o.suid = true,
+                "record_owners" => o.record_owners = true,
                 _ => bail!("unknown mount option {opt:?} (known: {KNOWN_OPTIONS})"),
             },
             Some(("timeout", v)) => {
@@ -153,10 +157,16 @@ pub fn main(req: &MountRequest) -> Result<()> {
     }
     sigprocmask(SigmaskHow::SIG_BLOCK, Some(&signals), None).context("signal mask")?;
 
+    let recorded = if options.record_owners {
+        Some(recorded_as(&map, req.serve_as, as_root)?)
+    } else {
+        None
+    };
     let settings = Settings {
         map,
         ttl: options.ttl,
         passthrough: options.passthrough,
+        recorded,
     };
     let config = session_config(req, &options, as_root);
     let mut session = match (source, req.serve_as) {
@@ -223,6 +233,19 @@ fn mount_then_serve_as(
         .with_context(|| format!("becoming {owner} to serve"))?;
     let fs = MappedFs::new(open_source(&req.source)?, settings).context("source")?;
     fuser::Session::from_fd(fs, dev, options.acl, config).context("starting the FUSE session")
+}
+
+/// With `-o record_owners`, whom SOURCE's files are stored as: the server's user when it is
+/// not root, else the first pair of the map (`--map OWNER/SHOWN`, as asme run passes it).
+fn recorded_as(map: &OwnerMap, serve_as: Option<Owner>, as_root: bool) -> Result<Recorded> {
+    let disk = match (serve_as, as_root) {
+        (Some(owner), _) => (owner.uid, owner.gid),
+        (None, false) => crate::sys::real_ids(),
+        (None, true) => map.first_source().ok_or_else(|| {
+            anyhow!("-o record_owners as root needs --map OWNER/SHOWN naming whose the files are")
+        })?,
+    };
+    Ok(Recorded { disk })
 }
 
 /// The session's mount options and threads, from `-o`.
@@ -344,6 +367,8 @@ pub fn usable_for_docker() -> Result<()> {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ServerOptions {
     pub read_only: bool,
+    /// `-o record_owners`: SOURCE stays the owner's, the container's chowns are recorded.
+    pub record_owners: bool,
     /// Serve as this user once mounted (root only): see `--serve-as`.
     pub serve_as: Option<Owner>,
 }
@@ -361,6 +386,9 @@ pub fn spawn_server(
     let mut args: Vec<OsString> = vec!["--map".into(), map.to_string().into()];
     if how.read_only {
         args.extend(["-o".into(), "ro".into()]);
+    }
+    if how.record_owners {
+        args.extend(["-o".into(), "record_owners".into()]);
     }
     if let Some(owner) = how.serve_as {
         args.extend(["--serve-as".into(), owner.to_string().into()]);

@@ -23,8 +23,9 @@ impl MappedFs {
         let (_, dir) = self.node_fd(parent)?;
         let fd = open_path(&dir, name)?;
         let st = rustix::fs::fstat(&fd).map_err(errno)?;
+        let attr = self.attr(&st, fd.as_fd());
         self.nodes.remember(fd, key(&st), parent.0, name);
-        Ok(self.attr(&st))
+        Ok(attr)
     }
 
     /// A new object `name` in `parent`, just made by this server: give it to its creator
@@ -43,13 +44,16 @@ impl MappedFs {
         if made.is_some_and(|made| made != key(&st)) {
             return Err(Errno::ESTALE); // replaced on SOURCE in between
         }
-        let st = if self.as_root {
+        let st = if let Some(recorded) = self.settings.recorded {
+            self.record_creator(recorded, req, parent.1, path_fd.as_fd(), &st)?
+        } else if self.as_root {
             self.give_to_creator(req, parent.1, path_fd.as_fd(), &st)?
         } else {
             st
         };
+        let attr = self.attr(&st, path_fd.as_fd());
         self.nodes.remember(path_fd, key(&st), (parent.0).0, name);
-        Ok(self.attr(&st))
+        Ok(attr)
     }
 
     /// MKNOD: a device, fifo, socket or empty file.

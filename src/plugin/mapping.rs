@@ -275,6 +275,8 @@ fn fuse(point: &Path, volume: &Volume, as_user: Option<Owner>) -> Result<Served>
     let map = OwnerMap::single((volume.owner.uid, volume.owner.gid), (spec.uid, spec.gid));
     let how = ServerOptions {
         read_only: spec.access == options::Access::ReadOnly,
+        // A database's chown to its service user stays the owner's on disk.
+        record_owners: true,
         serve_as: as_user,
     };
     make_point(point)?;

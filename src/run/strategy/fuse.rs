@@ -61,7 +61,12 @@ pub fn prepare<'a>(ctx: &'a Context, args: &RunArgs) -> Result<Prepared<'a>, Ref
         std::fs::create_dir_all(&point)
             .with_context(|| format!("creating {}", point.display()))
             .map_err(Refusal::Unavailable)?;
-        let how = fs::mount::ServerOptions::default();
+        // A container that chowns its data to a service user (a database) keeps it the
+        // owner's on disk.
+        let how = fs::mount::ServerOptions {
+            record_owners: true,
+            ..Default::default()
+        };
         if let Err(e) = fs::mount::spawn_server(&ctx.exe, &map, &source, &point, how) {
             let _ = std::fs::remove_dir(&point);
             return Err(Refusal::Unavailable(e));
