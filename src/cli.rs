@@ -59,7 +59,10 @@ pub enum Command {
 
     /// (inside a throwaway container) print what an image holds that asme needs, as JSON.
     #[command(hide = true)]
-    Probe,
+    Probe {
+        /// The image's program (ENTRYPOINT, else CMD), to read as a script.
+        program: Option<String>,
+    },
 
     /// Check what this host offers asme, with a live test of each strategy.
     ///

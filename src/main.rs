@@ -43,7 +43,7 @@ fn dispatch(cli: &Cli) -> Result<Exit> {
     let done = |()| Exit::Success;
     match &cli.command {
         Command::Init { argv } => Ok(init::run(argv)),
-        Command::Probe => init::probe::main().map(done),
+        Command::Probe { program } => init::probe::main(program.as_deref()).map(done),
         Command::Run { args } => run::run(
             run::Request {
                 strategy: cli.strategy,

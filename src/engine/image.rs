@@ -105,21 +105,35 @@ impl Engine {
         Ok(())
     }
 
-    /// Runs `asme probe` as root in a throwaway container of `image_id`.
-    pub fn probe(&self, image_id: &str, exe: &Path) -> Result<ImageFacts> {
+    /// Runs `asme probe` as root in a throwaway container of the image `image`.
+    pub fn probe(&self, image: &ImageConfig, exe: &Path) -> Result<ImageFacts> {
+        let image_id = image.id.as_str();
+        // The program the image starts, which the probe reads as a script.
+        let program = image
+            .entrypoint
+            .iter()
+            .chain(&image.cmd)
+            .flatten()
+            .next()
+            .map(String::as_str);
         let output = self
-            .output([
-                "run".as_ref(),
-                "--rm".as_ref(),
-                "--network=none".as_ref(),
-                "--user=0:0".as_ref(),
-                "--log-driver=none".as_ref(),
-                format!("--entrypoint={INIT_PATH}").as_ref(),
-                "--mount".as_ref(),
-                init_mount(exe).as_ref(),
-                OsStr::new(image_id),
-                "probe".as_ref(),
-            ])
+            .output(
+                [
+                    "run".as_ref(),
+                    "--rm".as_ref(),
+                    "--network=none".as_ref(),
+                    "--user=0:0".as_ref(),
+                    "--log-driver=none".as_ref(),
+                    format!("--entrypoint={INIT_PATH}").as_ref(),
+                    "--mount".as_ref(),
+                    init_mount(exe).as_ref(),
+                    OsStr::new(image_id),
+                    "probe".as_ref(),
+                    "--".as_ref(),
+                ]
+                .into_iter()
+                .chain(program.map(OsStr::new)),
+            )
             .with_context(|| format!("probing image {image_id}"))?;
         serde_json::from_str(output.trim())
             .with_context(|| format!("reading the probe of image {image_id}"))

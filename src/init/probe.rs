@@ -1,5 +1,6 @@
-//! `asme probe`: read, from inside a throwaway container, what an image holds that account
-//! synthesis needs: its passwd and group text and who owns each home folder.
+//! `asme probe [PROGRAM]`: read, from inside a throwaway container, what an image holds that
+//! account synthesis needs (its passwd and group text and who owns each home folder), and
+//! whether the program it starts is a script that changes users (`ProgramFacts`).
 //!
 //! The host cannot read an image's files without a container, and these facts never change for
 //! an image id, so `run` asks once per image and caches the answer.
@@ -22,6 +23,77 @@ pub struct ImageFacts {
     pub group: Option<String>,
     /// lstat(2) of every home folder named in passwd, and of /home.
     pub paths: BTreeMap<String, PathFact>,
+    /// The image's own program (ENTRYPOINT, else CMD), read as a script. Not defaulted: a
+    /// cached probe from before it existed fails to read, and the image is probed again.
+    pub program: Option<ProgramFacts>,
+}
+
+/// What the image's program does before the service starts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProgramFacts {
+    /// As the image names it (what a run's command line is compared with).
+    pub name: String,
+    /// A script that hands files to other users or drops to one (`chown`, `gosu`, `su-exec`,
+    /// `setpriv`...): what the official database images' entrypoints do. Several uids will
+    /// then write into bind mounts.
+    pub changes_users: bool,
+}
+
+/// Words in an entrypoint script that give files to another user or run as one.
+const CHANGES_USERS: [&str; 8] = [
+    "chown",
+    "gosu",
+    "su-exec",
+    "setpriv",
+    "runuser",
+    "setuidgid",
+    "chpst",
+    "--userspec",
+];
+
+impl ProgramFacts {
+    /// Reads `name` (found on this container's PATH if it has no `/`): a script (`#!`) that
+    /// names one of [`CHANGES_USERS`] changes users; a binary, or nothing found, does not.
+    pub fn read(name: &str) -> ProgramFacts {
+        let changes_users = find(name)
+            .and_then(|path| {
+                use std::io::Read;
+                let mut text = Vec::new();
+                fs::File::open(path)
+                    .ok()?
+                    .take(256 * 1024)
+                    .read_to_end(&mut text)
+                    .ok()?;
+                Some(script_changes_users(&text))
+            })
+            .unwrap_or(false);
+        ProgramFacts {
+            name: name.to_string(),
+            changes_users,
+        }
+    }
+}
+
+/// Whether `text` is a script naming one of [`CHANGES_USERS`] as a word.
+pub fn script_changes_users(text: &[u8]) -> bool {
+    if !text.starts_with(b"#!") {
+        return false;
+    }
+    let text = String::from_utf8_lossy(text);
+    text.lines()
+        .map(|line| line.split('#').next().unwrap_or(""))
+        .flat_map(|line| line.split(|c: char| c.is_whitespace() || ";|&()`$\"'".contains(c)))
+        .any(|word| CHANGES_USERS.contains(&word))
+}
+
+fn find(name: &str) -> Option<std::path::PathBuf> {
+    if name.contains('/') {
+        return Some(name.into());
+    }
+    let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into());
+    path.split(':')
+        .map(|dir| std::path::Path::new(dir).join(name))
+        .find(|candidate| candidate.is_file())
 }
 
 /// Type and ownership of one path in the image.
@@ -43,8 +115,8 @@ pub enum PathKind {
 }
 
 impl ImageFacts {
-    /// Reads the facts from this container's root filesystem.
-    pub fn collect() -> io::Result<ImageFacts> {
+    /// Reads the facts from this container's root filesystem; `program` is the image's.
+    pub fn collect(program: Option<&str>) -> io::Result<ImageFacts> {
         let passwd = read_optional("/etc/passwd")?;
         let group = read_optional("/etc/group")?;
         let mut paths = BTreeMap::new();
@@ -61,6 +133,7 @@ impl ImageFacts {
             passwd,
             group,
             paths,
+            program: program.map(ProgramFacts::read),
         })
     }
 }
@@ -114,8 +187,43 @@ fn lstat(path: &str) -> io::Result<Option<PathFact>> {
 }
 
 /// Entry point of `asme probe`: prints the facts as one JSON line on stdout.
-pub fn main() -> anyhow::Result<()> {
-    let facts = ImageFacts::collect()?;
+pub fn main(program: Option<&str>) -> anyhow::Result<()> {
+    let facts = ImageFacts::collect(program)?;
     println!("{}", serde_json::to_string(&facts)?);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scripts_that_change_users_are_told_apart() {
+        let yes: [&[u8]; 4] = [
+            b"#!/bin/sh\nchown -R postgres \"$PGDATA\"\nexec gosu postgres \"$@\"\n",
+            b"#!/bin/bash\nset -e\nif [ \"$(id -u)\" = 0 ]; then exec su-exec redis \"$0\"; fi\n",
+            b"#!/bin/sh\nexec setpriv --reuid=pg --regid=pg --init-groups \"$0\" \"$@\"\n",
+            b"#!/bin/sh\nfind /data \\! -user mysql -exec chown mysql '{}' +\n",
+        ];
+        for text in yes {
+            assert!(
+                script_changes_users(text),
+                "{}",
+                String::from_utf8_lossy(text)
+            );
+        }
+        let no: [&[u8]; 4] = [
+            b"#!/bin/sh\nexec make \"$@\"\n",
+            b"#!/bin/sh\n# we never chown here\nexec node server.js\n",
+            b"\x7fELF\x02\x01chown",
+            b"#!/bin/sh\necho chowned > /tmp/log\n",
+        ];
+        for text in no {
+            assert!(
+                !script_changes_users(text),
+                "{}",
+                String::from_utf8_lossy(text)
+            );
+        }
+    }
 }

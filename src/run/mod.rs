@@ -71,7 +71,7 @@ pub fn run(request: Request, argv: &[String]) -> Result<Exit> {
     let exe = injected_exe()?;
     let cache = Cache::open()?;
     fix::complete_pending(request.program, request.verbose, &cache.pending_dir());
-    let facts = cache.image_facts(&image.id, || engine.probe(&image.id, &exe))?;
+    let facts = cache.image_facts(&image.id, || engine.probe(&image, &exe))?;
     let ctx = Context {
         verbose: request.verbose,
         engine,

@@ -360,6 +360,7 @@ mod tests {
                     )
                 })
                 .collect(),
+            program: None,
         }
     }
 

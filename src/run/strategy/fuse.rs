@@ -22,7 +22,6 @@ use crate::run::mounts;
 pub fn prepare<'a>(ctx: &'a Context, args: &RunArgs) -> Result<Prepared<'a>, Refusal> {
     let container = container_ids(ctx, args)?;
     super::refuse_root_owner(ctx, Name::Fuse)?;
-    fs::mount::usable_for_docker().map_err(Refusal::Unavailable)?;
     let binds = mounts::bind_mounts(args);
     ctx.say(format_args!(
         "strategy fuse: the container keeps uid {}:{}; {} bind mount(s) are served by asme \
@@ -46,6 +45,8 @@ pub fn prepare<'a>(ctx: &'a Context, args: &RunArgs) -> Result<Prepared<'a>, Ref
         prepared.args = durable;
         return Ok(prepared);
     }
+    // This run's own servers: the user mounts, and docker (root) must reach the mounts.
+    fs::mount::usable_for_docker().map_err(Refusal::Unavailable)?;
     let map = fs::map::OwnerMap::single((ctx.owner.uid, ctx.owner.gid), container);
     let mut mounted = FuseMounts(Vec::new());
     for (i, source) in paths.into_iter().enumerate() {

@@ -39,6 +39,10 @@ pub enum Name {
 /// `auto`, in order: the first that can serve the run is used.
 pub const AUTO: [Name; 4] = [Name::Keep, Name::Idmap, Name::Fuse, Name::User];
 
+/// `auto` for a container whose program changes users (a database's entrypoint): fuse first,
+/// since only its recorded owners keep every file the owner's when several uids write.
+pub const AUTO_SEVERAL_UIDS: [Name; 4] = [Name::Keep, Name::Fuse, Name::Idmap, Name::User];
+
 impl Name {
     pub fn as_str(self) -> &'static str {
         match self {
@@ -72,12 +76,13 @@ impl Name {
     }
 
     /// Whether `auto` tries this strategy, given why the ones before it could not serve.
-    fn fits(self, ctx: &Context, before: Option<&Refusal>) -> bool {
+    fn fits(self, ctx: &Context, before: Option<&Refusal>, several_uids: bool) -> bool {
         match self {
             Name::Keep => ctx.owner.uid == 0,
-            // Only where a source needs it: idmap is faster wherever it works. Whether FUSE is
-            // usable here is its own prepare's first check (and its refusal is in the notice).
-            Name::Fuse => matches!(before, Some(Refusal::Source(_))),
+            // Only where a source or the container needs it: idmap is faster wherever it
+            // works. Whether FUSE is usable here is its own prepare's first check (and its
+            // refusal is in the notice).
+            Name::Fuse => several_uids || matches!(before, Some(Refusal::Source(_))),
             Name::Idmap | Name::User => true,
             Name::Fix => false,
         }
@@ -132,10 +137,20 @@ pub fn prepare<'a>(
             Err(Refusal::Unavailable(e) | Refusal::Fatal(e)) => Err(e),
         };
     }
+    let several_uids = runs_a_program_that_changes_users(ctx, args);
+    let order = if several_uids {
+        ctx.say(
+            "the image's program changes users (a service that chowns its data): auto tries \
+             fuse first, which keeps every file yours",
+        );
+        AUTO_SEVERAL_UIDS
+    } else {
+        AUTO
+    };
     // The strategies auto passed over, and why: the user hears of each in one notice line.
     let mut passed: Vec<(Name, Refusal)> = Vec::new();
-    for name in AUTO {
-        if !name.fits(ctx, passed.last().map(|(_, why)| why)) {
+    for name in order {
+        if !name.fits(ctx, passed.last().map(|(_, why)| why), several_uids) {
             continue;
         }
         match name.prepare(ctx, args) {
@@ -164,6 +179,16 @@ pub fn prepare<'a>(
 }
 
 /// The uid and gid the container runs as: `--user`, else the image's USER, else root.
+/// Whether the run starts the image's own program and the probe found that it changes users
+/// (`init::probe::ProgramFacts`): the one case where several uids will write.
+fn runs_a_program_that_changes_users(ctx: &Context, args: &RunArgs) -> bool {
+    let Some(program) = ctx.facts.program.as_ref().filter(|p| p.changes_users) else {
+        return false;
+    };
+    let command = super::plan::command_line(args, &ctx.image).unwrap_or_default();
+    command.first() == Some(&program.name)
+}
+
 fn container_ids(ctx: &Context, args: &RunArgs) -> Result<(u32, u32), Refusal> {
     let spec = args.last("user").unwrap_or(&ctx.image.user);
     super::plan::container_ids(spec, &ctx.facts).map_err(|e| Refusal::Fatal(anyhow::anyhow!(e)))
