@@ -147,6 +147,39 @@ fn a_container_over_a_share_started_again_by_docker_writes_as_the_user() {
     assert_eq!((meta.uid(), meta.gid()), (user.uid, user.gid));
 }
 
+/// Owners a container sets on a share whose filesystem keeps no `user.` attributes (sshfs
+/// over OpenSSH's sftp-server): the fuse strategy records them in `.asme-owners` at the
+/// share's root, which the container never sees, across a rename and into the next run;
+/// on the host every file stays the user's.
+#[test]
+fn owners_a_container_sets_on_a_share_are_recorded_beside_it() {
+    let user = user1234();
+    let share = Share::mount(user);
+    let mount = format!("{}:/w", share.mountpoint.path.display());
+    let debian = image("debian");
+    let run = |script: &str| {
+        let args = ["--strategy", "fuse", "run", "--rm", "-v", &mount, &debian];
+        Run::of(asme_as(
+            user,
+            &user.home,
+            &[&args[..], &["sh", "-c", script]].concat(),
+        ))
+    };
+    let set = "mkdir /w/d && chown -R 999:999 /w/d && chmod 700 /w/d && \
+               setpriv --reuid=999 --regid=999 --clear-groups sh -c 'echo x > /w/d/f && mkdir \
+               /w/d/sub' && mv /w/d /w/e && ls -A /w";
+    assert_eq!(run(set).ok(), "e\n", "the sidecar is hidden");
+    let seen = run("stat -c '%u:%g %a %n' /w/e /w/e/f /w/e/sub").ok();
+    assert_eq!(
+        seen,
+        "999:999 700 /w/e\n999:999 644 /w/e/f\n999:999 755 /w/e/sub\n"
+    );
+    for entry in ["e", "e/f", "e/sub", ".asme-owners"] {
+        let meta = fs::symlink_metadata(share.backing.join(entry)).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (user.uid, user.gid), "{entry}");
+    }
+}
+
 /// A folder of `user`'s (`backing`), served by an sshd of the test's own and mounted by `user`
 /// at `mountpoint` with sshfs, without `allow_other`. Unmounted and stopped when dropped.
 struct Share {

@@ -16,6 +16,14 @@ use super::node::{self, Node};
 use super::owners::{self, Recorded};
 use super::{MappedFs, Result, errno, handle, key, proc_path};
 
+/// Where an object is, for recorded owners kept by path (`owners::Sidecar`): a known node,
+/// or a name in a known folder.
+#[derive(Clone, Copy)]
+pub(super) enum At<'a> {
+    Node(u64),
+    Child(u64, &'a OsStr),
+}
+
 /// What a SETATTR asks for (ids as the mount shows them).
 pub(super) struct AttrChange {
     pub mode: Option<u32>,
@@ -35,10 +43,10 @@ pub(super) enum Xattr {
 }
 
 impl MappedFs {
-    /// `st` as FUSE shows it; `fd` is the object's `O_PATH` descriptor (for its recorded
-    /// owner).
-    pub(super) fn attr(&self, st: &Stat, fd: BorrowedFd<'_>) -> FileAttr {
-        let (uid, gid) = self.shown_owner(st, fd);
+    /// `st` as FUSE shows it; `fd` is the object's `O_PATH` descriptor and `at` where it is
+    /// (for its recorded owner).
+    pub(super) fn attr(&self, st: &Stat, fd: BorrowedFd<'_>, at: At<'_>) -> FileAttr {
+        let (uid, gid) = self.shown_owner(st, fd, at);
         FileAttr {
             ino: INodeNo(self.nodes.id_for(key(st))),
             size: st.st_size as u64,
@@ -61,15 +69,58 @@ impl MappedFs {
     pub(super) fn stat_node(&self, node: &Node) -> Result<FileAttr> {
         let fd = self.fd(node)?;
         let st = rustix::fs::fstat(&*fd).map_err(errno)?;
-        Ok(self.attr(&st, fd.as_fd()))
+        let id = self.nodes.id_for(node.key);
+        Ok(self.attr(&st, fd.as_fd(), At::Node(id)))
+    }
+
+    /// Where `at` is, relative to SOURCE's root.
+    fn path_of(&self, at: At<'_>) -> Option<std::path::PathBuf> {
+        match at {
+            At::Node(id) => self.nodes.path(id),
+            At::Child(parent, name) => Some(self.nodes.path(parent)?.join(name)),
+        }
+    }
+
+    /// The recorded owner of the object `st` (`fd`, at `at`), if any.
+    fn record(&self, st: &Stat, fd: BorrowedFd<'_>, at: At<'_>) -> Option<(u32, u32)> {
+        match &self.sidecar {
+            Some(sidecar) => sidecar.get(&self.path_of(at)?),
+            None if owners::can_record(st) => owners::read(fd),
+            None => None,
+        }
+    }
+
+    /// Records `owner` for the object `st` (`fd`, at `at`), or removes the record where it is
+    /// `mapped`, what the map shows anyway. Objects that cannot carry a record keep none.
+    fn write_record(
+        &self,
+        st: &Stat,
+        fd: BorrowedFd<'_>,
+        at: At<'_>,
+        owner: (u32, u32),
+        mapped: (u32, u32),
+    ) -> Result<()> {
+        match &self.sidecar {
+            Some(sidecar) => {
+                let Some(path) = self.path_of(at) else {
+                    return Ok(()); // unlinked: nothing can find it by name again
+                };
+                let record = (owner != mapped).then_some(owner);
+                sidecar
+                    .set(&path, record)
+                    .map_err(|e| fuser::Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO)))
+            }
+            None if owners::can_record(st) => owners::write(fd, owner, mapped).map_err(errno),
+            None => Ok(()),
+        }
     }
 
     /// Who the mount shows as `st`'s owner: the recorded owner where there is one, else
     /// SOURCE's owner through the map.
-    fn shown_owner(&self, st: &Stat, fd: BorrowedFd<'_>) -> (u32, u32) {
+    fn shown_owner(&self, st: &Stat, fd: BorrowedFd<'_>, at: At<'_>) -> (u32, u32) {
         let mapped = owners::mapped(&self.settings.map, st);
-        if self.settings.recorded.is_some() && owners::can_record(st) {
-            owners::read(fd).unwrap_or(mapped)
+        if self.settings.recorded.is_some() {
+            self.record(st, fd, at).unwrap_or(mapped)
         } else {
             mapped
         }
@@ -82,10 +133,11 @@ impl MappedFs {
         &self,
         recorded: Recorded,
         req: &Request,
-        parent: &OwnedFd,
-        fd: BorrowedFd<'_>,
+        parent: (INodeNo, &OwnedFd),
+        (fd, name): (BorrowedFd<'_>, &OsStr),
         st: &Stat,
     ) -> Result<Stat> {
+        let (parent_ino, parent) = parent;
         let parent_st = rustix::fs::fstat(parent).map_err(errno)?;
         let inherits_group = parent_st.st_mode as u32 & libc::S_ISGID != 0;
         let mut st = *st;
@@ -97,17 +149,17 @@ impl MappedFs {
         if self.as_root && (st.st_uid, st.st_gid) != (recorded.disk.0, disk_gid) {
             st = self.chown_keeping_set_id(fd, &st, recorded.disk.0, disk_gid)?;
         }
-        if owners::can_record(&st) {
-            let gid = if inherits_group {
-                self.shown_owner(&parent_st, parent.as_fd()).1
-            } else {
-                req.gid()
-            };
-            let creator = (req.uid(), gid);
-            let mapped = owners::mapped(&self.settings.map, &st);
-            if creator != mapped {
-                owners::write(fd, creator, mapped).map_err(errno)?;
-            }
+        let gid = if inherits_group {
+            self.shown_owner(&parent_st, parent.as_fd(), At::Node(parent_ino.0))
+                .1
+        } else {
+            req.gid()
+        };
+        let creator = (req.uid(), gid);
+        let mapped = owners::mapped(&self.settings.map, &st);
+        // A record left by an object of the same name that went behind the mount's back.
+        if creator != mapped || self.sidecar.is_some() {
+            self.write_record(&st, fd, At::Child(parent_ino.0, name), creator, mapped)?;
         }
         Ok(st)
     }
@@ -154,12 +206,13 @@ impl MappedFs {
 
     pub(super) fn set_attr(&self, node: &Node, change: AttrChange) -> Result<FileAttr> {
         let path_fd = self.fd(node)?;
+        let at = At::Node(self.nodes.id_for(node.key));
         if let Some(mode) = change.mode {
             chmod_fd(path_fd.as_fd(), mode & 0o7777).map_err(errno)?;
         }
         if change.uid.is_some() || change.gid.is_some() {
             if self.settings.recorded.is_some() {
-                self.record_chown(path_fd.as_fd(), change.uid, change.gid)?;
+                self.record_chown(path_fd.as_fd(), at, change.uid, change.gid)?;
             } else {
                 let map = &self.settings.map;
                 let uid = change.uid.map(|u| map.users.to_source(u));
@@ -189,15 +242,18 @@ impl MappedFs {
 
     /// CHOWN with recorded owners: the new shown owner is recorded, SOURCE's stays. Objects
     /// that cannot carry the record accept the change and keep their default owner.
-    fn record_chown(&self, fd: BorrowedFd<'_>, uid: Option<u32>, gid: Option<u32>) -> Result<()> {
+    fn record_chown(
+        &self,
+        fd: BorrowedFd<'_>,
+        at: At<'_>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+    ) -> Result<()> {
         let st = rustix::fs::fstat(fd).map_err(errno)?;
-        if !owners::can_record(&st) {
-            return Ok(());
-        }
-        let shown = self.shown_owner(&st, fd);
+        let shown = self.shown_owner(&st, fd, at);
         let wanted = (uid.unwrap_or(shown.0), gid.unwrap_or(shown.1));
         let mapped = owners::mapped(&self.settings.map, &st);
-        owners::write(fd, wanted, mapped).map_err(errno)
+        self.write_record(&st, fd, at, wanted, mapped)
     }
 
     fn truncate(&self, node: &Node, fh: Option<FileHandle>, size: u64) -> Result<()> {

@@ -107,6 +107,9 @@ impl MappedFs {
         mode: u32,
         flags: i32,
     ) -> Result<(OwnedFd, FileAttr)> {
+        if self.hidden(parent.0, name) {
+            return Err(fuser::Errno::EACCES);
+        }
         let dir = parent.1;
         let open = open_flags(flags) | OFlags::NOFOLLOW;
         let perm = Mode::from_raw_mode(mode & 0o7777);

@@ -44,6 +44,8 @@ impl Default for Dirs {
 #[derive(Debug)]
 struct DirHandle {
     fd: OwnedFd,
+    /// The node's id (the root's listing leaves out the sidecar of recorded owners).
+    ino: INodeNo,
     /// st_dev of the folder: entries' inode numbers become node ids with it.
     dev: u64,
     entries: Mutex<Vec<DirEntry>>,
@@ -65,6 +67,7 @@ impl DirEntry {
 impl MappedFs {
     /// OPENDIR: a new folder handle.
     pub(super) fn open_dir(&self, node: &Node) -> Result<FileHandle> {
+        let ino = INodeNo(self.nodes.id_for(node.key));
         let fd = rustix::fs::openat(
             &*self.fd(node)?,
             ".",
@@ -75,6 +78,7 @@ impl MappedFs {
         let dev = rustix::fs::fstat(&fd).map_err(errno)?.st_dev;
         let handle = Arc::new(DirHandle {
             fd,
+            ino,
             dev,
             entries: Mutex::new(Vec::new()),
         });
@@ -195,6 +199,7 @@ impl MappedFs {
         let mut entries = lock(&dir.entries);
         if offset == 0 {
             *entries = read_dir(dir.fd.as_fd()).map_err(errno)?;
+            entries.retain(|e| !self.hidden(dir.ino, e.name()));
             // The numbers stat shows (`node`): SOURCE's, but 1 for the root.
             for e in entries.iter_mut() {
                 e.ino = self.nodes.id_for((dir.dev, e.ino));

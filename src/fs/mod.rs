@@ -61,6 +61,8 @@ pub struct MappedFs {
     as_root: bool,
     /// Set once, at FUSE init, when the kernel accepted passthrough.
     passthrough: bool,
+    /// Recorded owners on a filesystem without `user.` attributes (`owners::Sidecar`).
+    sidecar: Option<owners::Sidecar>,
 }
 
 type Result<T> = std::result::Result<T, Errno>;
@@ -72,8 +74,16 @@ fn errno(e: SysErrno) -> Errno {
 impl MappedFs {
     /// `source` must be an `O_PATH` descriptor of a folder.
     pub fn new(source: OwnedFd, settings: Settings) -> std::io::Result<MappedFs> {
+        use std::os::fd::AsFd;
         let st = rustix::fs::fstat(&source)?;
+        let sidecar = match settings.recorded {
+            Some(_) if !owners::has_user_xattrs(source.as_fd()) => {
+                Some(owners::Sidecar::open(source.as_fd())?)
+            }
+            _ => None,
+        };
         Ok(MappedFs {
+            sidecar,
             nodes: Table::new(source, key(&st), descriptor_budget()),
             settings,
             dirs: Dirs::default(),
@@ -89,6 +99,11 @@ impl MappedFs {
     /// The node's `O_PATH` descriptor (see `node::Table::fd`).
     fn fd(&self, node: &Node) -> Result<Arc<OwnedFd>> {
         self.nodes.fd(node).map_err(Errno::from)
+    }
+
+    /// Whether `name` in `parent` is the sidecar of recorded owners, which the mount hides.
+    fn hidden(&self, parent: INodeNo, name: &OsStr) -> bool {
+        self.sidecar.is_some() && parent.0 == node::ROOT && name == owners::SIDECAR
     }
 
     /// The node of `ino` and its descriptor.

@@ -13,17 +13,20 @@ use std::path::Path;
 use fuser::{Errno, FileAttr, INodeNo, Request};
 use rustix::fs::{AtFlags, Mode, RenameFlags};
 
-use super::attr::decode_dev;
+use super::attr::{At, decode_dev};
 use super::node::Key;
 use super::{MappedFs, Result, errno, key, open_path, proc_path};
 
 impl MappedFs {
     /// Looks `name` up in `parent` and counts the kernel's reference.
     pub(super) fn lookup_entry(&self, parent: INodeNo, name: &OsStr) -> Result<FileAttr> {
+        if self.hidden(parent, name) {
+            return Err(Errno::ENOENT);
+        }
         let (_, dir) = self.node_fd(parent)?;
         let fd = open_path(&dir, name)?;
         let st = rustix::fs::fstat(&fd).map_err(errno)?;
-        let attr = self.attr(&st, fd.as_fd());
+        let attr = self.attr(&st, fd.as_fd(), At::Child(parent.0, name));
         self.nodes.remember(fd, key(&st), parent.0, name);
         Ok(attr)
     }
@@ -45,13 +48,13 @@ impl MappedFs {
             return Err(Errno::ESTALE); // replaced on SOURCE in between
         }
         let st = if let Some(recorded) = self.settings.recorded {
-            self.record_creator(recorded, req, parent.1, path_fd.as_fd(), &st)?
+            self.record_creator(recorded, req, parent, (path_fd.as_fd(), name), &st)?
         } else if self.as_root {
             self.give_to_creator(req, parent.1, path_fd.as_fd(), &st)?
         } else {
             st
         };
-        let attr = self.attr(&st, path_fd.as_fd());
+        let attr = self.attr(&st, path_fd.as_fd(), At::Child((parent.0).0, name));
         self.nodes.remember(path_fd, key(&st), (parent.0).0, name);
         Ok(attr)
     }
@@ -103,6 +106,9 @@ impl MappedFs {
         name: &OsStr,
         make: impl FnOnce(BorrowedFd<'_>) -> rustix::io::Result<()>,
     ) -> Result<FileAttr> {
+        if self.hidden(parent, name) {
+            return Err(Errno::EACCES);
+        }
         let (_, dir) = self.node_fd(parent)?;
         make(dir.as_fd()).map_err(errno)?;
         let fd = open_path(&dir, name)?;
@@ -111,9 +117,18 @@ impl MappedFs {
 
     /// UNLINK, or RMDIR with `AtFlags::REMOVEDIR`.
     pub(super) fn unlink_at(&self, parent: INodeNo, name: &OsStr, flags: AtFlags) -> Result<()> {
+        if self.hidden(parent, name) {
+            return Err(Errno::ENOENT);
+        }
         let (_, dir) = self.node_fd(parent)?;
         self.pin_named(&dir, name);
-        rustix::fs::unlinkat(&*dir, name, flags).map_err(errno)
+        rustix::fs::unlinkat(&*dir, name, flags).map_err(errno)?;
+        if let Some(sidecar) = &self.sidecar
+            && let Some(path) = self.nodes.path(parent.0)
+        {
+            sidecar.removed(&path.join(name)).map_err(io_errno)?;
+        }
+        Ok(())
     }
 
     pub(super) fn rename_at(
@@ -123,6 +138,9 @@ impl MappedFs {
         flags: RenameFlags,
     ) -> Result<()> {
         let ((parent, name), (newparent, newname)) = (from, to);
+        if self.hidden(parent, name) || self.hidden(newparent, newname) {
+            return Err(Errno::EACCES);
+        }
         let (_, dir) = self.node_fd(parent)?;
         let (_, new_dir) = self.node_fd(newparent)?;
         let exchange = flags.contains(RenameFlags::EXCHANGE);
@@ -130,10 +148,27 @@ impl MappedFs {
             self.pin_named(&new_dir, newname); // replaced, if it exists
         }
         rustix::fs::renameat_with(&*dir, name, &*new_dir, newname, flags).map_err(errno)?;
+        let paths = self.sidecar.as_ref().and_then(|_| {
+            Some((
+                self.nodes.path(parent.0)?.join(name),
+                self.nodes.path(newparent.0)?.join(newname),
+            ))
+        });
         // Nodes known by the names that moved learn their new ones.
         self.moved(&new_dir, newname, (newparent, newname));
         if exchange {
             self.moved(&dir, name, (parent, name));
+        }
+        if let (Some(sidecar), Some((old, new))) = (&self.sidecar, paths) {
+            if exchange {
+                // Through a name no path can have (a NUL), so neither side is lost.
+                let aside = Path::new("\u{0}exchange");
+                sidecar.moved(&new, aside).map_err(io_errno)?;
+                sidecar.moved(&old, &new).map_err(io_errno)?;
+                sidecar.moved(aside, &old).map_err(io_errno)?;
+            } else {
+                sidecar.moved(&old, &new).map_err(io_errno)?;
+            }
         }
         Ok(())
     }
@@ -144,6 +179,9 @@ impl MappedFs {
         newparent: INodeNo,
         newname: &OsStr,
     ) -> Result<FileAttr> {
+        if self.hidden(newparent, newname) {
+            return Err(Errno::EACCES);
+        }
         let (_, fd) = self.node_fd(ino)?;
         let (_, new_dir) = self.node_fd(newparent)?;
         // Through the magic link (AT_EMPTY_PATH would need CAP_DAC_READ_SEARCH).
@@ -182,4 +220,9 @@ impl MappedFs {
             self.nodes.renamed(&node, ((to.0).0, to.1));
         }
     }
+}
+
+/// An I/O error of the sidecar as FUSE's errno.
+fn io_errno(e: std::io::Error) -> Errno {
+    Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO))
 }

@@ -211,6 +211,25 @@ impl Table {
         Ok(fd)
     }
 
+    /// Where node `id` is, relative to the root, from the names the nodes were last seen
+    /// under; `None` where a name on the way is gone.
+    pub fn path(&self, id: u64) -> Option<std::path::PathBuf> {
+        use std::os::unix::ffi::OsStrExt as _;
+        let mut names = Vec::new();
+        let mut id = id;
+        while id != ROOT {
+            let node = self.get(id)?;
+            let place = lock(&node.place);
+            let (parent, name) = place.name.as_ref()?;
+            names.push(OsStr::from_bytes(name.as_bytes()).to_owned());
+            id = *parent;
+            if names.len() > 4096 {
+                return None; // a loop of stale names
+            }
+        }
+        Some(names.iter().rev().collect())
+    }
+
     /// `node`'s name (in `parent`) has moved to `to`: remember the new one.
     pub fn renamed(&self, node: &Node, to: (u64, &OsStr)) {
         if let Ok(name) = CString::new(to.1.as_bytes()) {

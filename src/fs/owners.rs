@@ -14,14 +14,24 @@
 //! - The attribute is the server's: the mount neither lists nor lets anyone read, write or
 //!   remove it, so a process in the container cannot make its file look like root's.
 //!
+//! Where SOURCE's filesystem has no `user.` attributes (sshfs over OpenSSH's sftp-server,
+//! vboxsf), the records live in [`SIDECAR`], a file at SOURCE's root that the mount hides:
+//! owners by path, kept up to date across renames and removals made through the mount
+//! (`Sidecar`).
+//!
 //! Docker Desktop's file sharing on macOS does the same with `com.docker.grpcfuse.ownership`.
 //! Used without asme, the folder shows the user's files with their modes: the recorded
 //! owners are simply not applied.
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::io::{self, Write};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
-use rustix::fs::Stat;
+use rustix::fs::{Mode, OFlags, Stat};
 use rustix::io::Errno as SysErrno;
 
 use super::map::OwnerMap;
@@ -81,6 +91,228 @@ fn parse(value: &[u8]) -> Option<(u32, u32)> {
     Some((uid.parse().ok()?, gid.parse().ok()?))
 }
 
+/// Whether SOURCE's filesystem keeps `user.` attributes (`root` is SOURCE's root folder).
+pub fn has_user_xattrs(root: BorrowedFd<'_>) -> bool {
+    let mut buf = [0u8; 32];
+    !matches!(
+        rustix::fs::getxattr(proc_path(root.as_raw_fd()), XATTR, &mut buf),
+        Err(SysErrno::NOTSUP | SysErrno::NOSYS)
+    )
+}
+
+/// The records' file at SOURCE's root where its filesystem has no `user.` attributes.
+pub const SIDECAR: &str = ".asme-owners";
+
+/// Owners by path (relative to SOURCE), in [`SIDECAR`]: a journal of one change per line,
+/// appended as changes come and compacted when the mount starts.
+///
+/// Lines: `=UID:GID<TAB>PATH` records, `-PATH` removes (and everything under it),
+/// `>FROM<TAB>TO` moves (and everything under it); paths escape `\`, tab and newline.
+#[derive(Debug)]
+pub struct Sidecar {
+    inner: Mutex<SidecarInner>,
+}
+
+#[derive(Debug)]
+struct SidecarInner {
+    records: HashMap<PathBuf, (u32, u32)>,
+    journal: std::fs::File,
+}
+
+impl Sidecar {
+    /// Reads the records in `root` (SOURCE's root folder) and writes them back compacted.
+    pub fn open(root: BorrowedFd<'_>) -> io::Result<Sidecar> {
+        let records = match read_at(root, SIDECAR) {
+            Ok(text) => replay(&text),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => HashMap::new(),
+            Err(e) => return Err(e),
+        };
+        let tmp = format!("{SIDECAR}.tmp");
+        let mut snapshot = String::new();
+        for (path, owner) in &records {
+            snapshot.push_str(&line_set(path, *owner));
+        }
+        let fd = rustix::fs::openat(
+            root,
+            tmp.as_str(),
+            OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )?;
+        let mut file = std::fs::File::from(fd);
+        file.write_all(snapshot.as_bytes())?;
+        file.sync_all()?;
+        rustix::fs::renameat(root, tmp.as_str(), root, SIDECAR)?;
+        let journal: OwnedFd = rustix::fs::openat(
+            root,
+            SIDECAR,
+            OFlags::WRONLY | OFlags::APPEND | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        Ok(Sidecar {
+            inner: Mutex::new(SidecarInner {
+                records,
+                journal: journal.into(),
+            }),
+        })
+    }
+
+    pub fn get(&self, path: &Path) -> Option<(u32, u32)> {
+        lock(&self.inner).records.get(path).copied()
+    }
+
+    /// Records `owner` for `path`, or removes the record (`None`).
+    pub fn set(&self, path: &Path, owner: Option<(u32, u32)>) -> io::Result<()> {
+        let mut inner = lock(&self.inner);
+        let line = match owner {
+            Some(owner) => {
+                inner.records.insert(path.to_path_buf(), owner);
+                line_set(path, owner)
+            }
+            None => {
+                if inner.records.remove(path).is_none() {
+                    return Ok(());
+                }
+                format!("-{}\n", escape(path))
+            }
+        };
+        inner.journal.write_all(line.as_bytes())
+    }
+
+    /// `path` and everything under it are gone.
+    pub fn removed(&self, path: &Path) -> io::Result<()> {
+        let mut inner = lock(&self.inner);
+        let before = inner.records.len();
+        inner.records.retain(|p, _| !p.starts_with(path));
+        if inner.records.len() == before {
+            return Ok(());
+        }
+        let line = format!("-{}\n", escape(path));
+        inner.journal.write_all(line.as_bytes())
+    }
+
+    /// `from` (and everything under it) is now `to`; what was at `to` is replaced.
+    pub fn moved(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let mut inner = lock(&self.inner);
+        move_records(&mut inner.records, from, to);
+        let line = format!(">{}\t{}\n", escape(from), escape(to));
+        inner.journal.write_all(line.as_bytes())
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn read_at(root: BorrowedFd<'_>, name: &str) -> io::Result<String> {
+    use std::io::Read;
+    let fd = rustix::fs::openat(
+        root,
+        name,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let mut text = String::new();
+    std::fs::File::from(fd).read_to_string(&mut text)?;
+    Ok(text)
+}
+
+fn move_records(records: &mut HashMap<PathBuf, (u32, u32)>, from: &Path, to: &Path) {
+    records.retain(|p, _| !p.starts_with(to));
+    let moving: Vec<PathBuf> = records
+        .keys()
+        .filter(|p| p.starts_with(from))
+        .cloned()
+        .collect();
+    for old in moving {
+        if let Some(owner) = records.remove(&old) {
+            let rest = old.strip_prefix(from).unwrap_or(Path::new(""));
+            records.insert(to.join(rest), owner);
+        }
+    }
+}
+
+/// The records a journal leaves (lines that do not parse are skipped: a torn last line).
+fn replay(text: &str) -> HashMap<PathBuf, (u32, u32)> {
+    let mut records = HashMap::new();
+    for line in text.lines() {
+        let Some((op, rest)) = line.split_at_checked(1) else {
+            continue;
+        };
+        match op {
+            "=" => {
+                let Some((owner, path)) = rest.split_once('\t') else {
+                    continue;
+                };
+                if let (Some(owner), Some(path)) = (parse(owner.as_bytes()), unescape(path)) {
+                    records.insert(path, owner);
+                }
+            }
+            "-" => {
+                if let Some(path) = unescape(rest) {
+                    records.retain(|p, _| !p.starts_with(&path));
+                }
+            }
+            ">" => {
+                let Some((from, to)) = rest.split_once('\t') else {
+                    continue;
+                };
+                if let (Some(from), Some(to)) = (unescape(from), unescape(to)) {
+                    move_records(&mut records, &from, &to);
+                }
+            }
+            _ => {}
+        }
+    }
+    records
+}
+
+fn line_set(path: &Path, owner: (u32, u32)) -> String {
+    format!("={}:{}\t{}\n", owner.0, owner.1, escape(path))
+}
+
+fn escape(path: &Path) -> String {
+    let mut out = String::new();
+    for &b in path.as_os_str().as_bytes() {
+        match b {
+            b'\\' => out.push_str("\\\\"),
+            b'\t' => out.push_str("\\t"),
+            b'\n' => out.push_str("\\n"),
+            0x20..=0x7e => out.push(b as char),
+            _ => out.push_str(&format!("\\x{b:02x}")),
+        }
+    }
+    out
+}
+
+fn unescape(text: &str) -> Option<PathBuf> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] != b'\\' {
+            out.push(bytes[i]);
+            i += 1;
+            continue;
+        }
+        match bytes.get(i + 1)? {
+            b'\\' => out.push(b'\\'),
+            b't' => out.push(b'\t'),
+            b'n' => out.push(b'\n'),
+            b'x' => {
+                let hex = text.get(i + 2..i + 4)?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 2;
+            }
+            _ => return None,
+        }
+        i += 2;
+    }
+    if out.is_empty() {
+        return None;
+    }
+    Some(PathBuf::from(std::ffi::OsString::from_vec(out)))
+}
+
 /// Whether `name` is the server's own attribute, which the mount hides.
 pub fn is_ours(name: &OsStr) -> bool {
     name == OsStr::new(XATTR)
@@ -112,6 +344,59 @@ mod tests {
         ] {
             assert_eq!(parse(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn the_journal_replays_records_moves_and_removals() {
+        let odd = PathBuf::from(std::ffi::OsString::from_vec(b"a\tb\n\\\xff".to_vec()));
+        let journal = [
+            line_set(Path::new("data"), (999, 999)),
+            line_set(Path::new("data/base/1"), (999, 998)),
+            line_set(Path::new("data/x"), (5, 5)),
+            line_set(&odd, (7, 7)),
+            format!(
+                ">{}\t{}\n",
+                escape(Path::new("data")),
+                escape(Path::new("pg"))
+            ),
+            format!("-{}\n", escape(Path::new("pg/x"))),
+            "=garbage\n".to_string(),
+            "=1:1\tunterminated\\".to_string(),
+        ]
+        .concat();
+        let records = replay(&journal);
+        let want: HashMap<PathBuf, (u32, u32)> = [
+            (PathBuf::from("pg"), (999, 999)),
+            (PathBuf::from("pg/base/1"), (999, 998)),
+            (odd, (7, 7)),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(records, want);
+    }
+
+    #[test]
+    fn a_move_replaces_what_was_at_the_target() {
+        let mut records: HashMap<PathBuf, (u32, u32)> = [
+            (PathBuf::from("a"), (1, 1)),
+            (PathBuf::from("a/f"), (2, 2)),
+            (PathBuf::from("b"), (3, 3)),
+            (PathBuf::from("b/g"), (4, 4)),
+            (PathBuf::from("ab"), (5, 5)),
+        ]
+        .into_iter()
+        .collect();
+        move_records(&mut records, Path::new("a"), Path::new("b"));
+        let mut got: Vec<_> = records.into_iter().collect();
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                (PathBuf::from("ab"), (5, 5)),
+                (PathBuf::from("b"), (1, 1)),
+                (PathBuf::from("b/f"), (2, 2)),
+            ]
+        );
     }
 
     #[test]
