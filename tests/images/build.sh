@@ -2,8 +2,8 @@
 # Build the local docker images used by asme's integration tests.
 #
 # Usage: tests/images/build.sh [IMAGE...]     (run as root)
-#   IMAGE is one of: busybox nopasswd user1000 debian (an "asme-test/" prefix
-#   is accepted). Without arguments every image is built.
+#   IMAGE is one of: busybox nopasswd user1000 debian postgres (an "asme-test/"
+#   prefix is accepted). Without arguments every image is built.
 #
 # No registry is needed: every image is made with `docker import` from a
 # rootfs assembled on this machine. Each image carries the label
@@ -16,6 +16,15 @@
 #   asme-test/nopasswd  the same without /etc/passwd and /etc/group
 #   asme-test/user1000  busybox plus user app (1000:1000), USER app
 #   asme-test/debian    debootstrap --variant=minbase bookworm + python3, git
+#   asme-test/postgres  debootstrap --variant=minbase bookworm + postgresql (15), with an
+#                       entrypoint like the official image's: as root it makes $PGDATA
+#                       (/var/lib/postgresql/data), chown -R's it to postgres, chmod 700,
+#                       drops to postgres (setpriv), initdb's it if empty and runs
+#                       postgres on a unix socket in /tmp only (no TCP; PGHOST=/tmp
+#                       and PGUSER=postgres, so psql and pg_isready need no options).
+#                       docker stop's SIGTERM is a smart shutdown: as fast as
+#                       postgres's fast one once no client is connected
+#                       (docker import cannot set STOPSIGNAL).
 #
 # Environment:
 #   ASME_TEST_CACHE         cache and lock directory (default /var/cache/asme-tests)
@@ -23,7 +32,8 @@
 #                           read from this machine's apt sources.
 #
 # The debootstrapped rootfs (takes minutes) is cached as
-# $ASME_TEST_CACHE/debian-bookworm-minbase.tar; delete it to force a fresh
+# $ASME_TEST_CACHE/debian-bookworm-minbase.tar (postgres:
+# $ASME_TEST_CACHE/postgres-bookworm-minbase.tar); delete it to force a fresh
 # debootstrap. Concurrent runs are serialised with flock on
 # $ASME_TEST_CACHE/build.lock.
 
@@ -33,7 +43,7 @@
 set -euo pipefail
 
 readonly PREFIX=asme-test
-readonly ALL_IMAGES=(busybox nopasswd user1000 debian)
+readonly ALL_IMAGES=(busybox nopasswd user1000 debian postgres)
 readonly SUITE=bookworm
 readonly BUSYBOX_PATH=/bin
 readonly DEBIAN_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
@@ -56,6 +66,7 @@ work=""
 child_pid=""
 CACHE=""
 DEBIAN_TAR=""
+POSTGRES_TAR=""
 recipe=""
 
 # ---------------------------------------------------------------- scratch space
@@ -233,8 +244,11 @@ find_debian_mirror() {
 	return 1
 }
 
-make_debian_tar() {
-	local mirror root=$work/debian log=$work/debootstrap.log partial start
+# debootstrap_rootfs DIR INCLUDE: debootstrap --variant=minbase $SUITE into DIR
+# with the packages INCLUDE (comma separated), without apt's downloaded state.
+debootstrap_rootfs() {
+	local root=$1 include=$2 mirror log
+	log=$work/debootstrap-${root##*/}.log
 	command -v debootstrap >/dev/null 2>&1 ||
 		die "debootstrap not found; install it with: apt-get install debootstrap"
 	if [ -n "${ASME_TEST_DEBIAN_MIRROR:-}" ]; then
@@ -244,11 +258,10 @@ make_debian_tar() {
 			die "no apt source for '$SUITE' in /etc/apt/sources.list{,.d/*}; set ASME_TEST_DEBIAN_MIRROR"
 	fi
 
-	note "debootstrap $SUITE from $mirror (takes a few minutes; log: $log)"
-	start=$SECONDS
+	note "debootstrap $SUITE with $include from $mirror (takes a few minutes; log: $log)"
 	mkdir -p -- "$root"
 	chmod 0755 "$root"
-	debootstrap --variant=minbase --include=python3,git,ca-certificates \
+	debootstrap --variant=minbase --include="$include" \
 		"$SUITE" "$root" "$mirror" >"$log" 2>&1 </dev/null &
 	child_pid=$!
 	if ! wait "$child_pid"; then
@@ -266,6 +279,25 @@ make_debian_tar() {
 		"$root"/var/cache/debconf/*-old "$root"/var/lib/dpkg/*-old \
 		"$root"/var/log/apt/* "$root"/var/log/*.log "$root"/tmp/* "$root"/var/tmp/*
 	mkdir -p "$root/var/lib/apt/lists/partial"
+}
+
+# cache_rootfs DIR TAR: tar DIR into TAR (atomically: TAR is complete or absent)
+# and remove DIR.
+cache_rootfs() {
+	local root=$1 tar=$2 partial
+	if [ -n "$(mounts_below "$root")" ]; then
+		die "something is still mounted below $root"
+	fi
+	partial=$work/${tar##*/}
+	tar --numeric-owner --xattrs -C "$root" -cf "$partial" .
+	sync -- "$partial" 2>/dev/null || sync
+	mv -f -- "$partial" "$tar"
+	remove_tree "$root"
+}
+
+make_debian_tar() {
+	local root=$work/debian start=$SECONDS
+	debootstrap_rootfs "$root" python3,git,ca-certificates
 
 	# Sanity check before the result is cached.
 	chroot "$root" /usr/bin/env -i PATH="$DEBIAN_PATH" python3 -c 'import ssl' ||
@@ -273,15 +305,7 @@ make_debian_tar() {
 	chroot "$root" /usr/bin/env -i PATH="$DEBIAN_PATH" git --version >/dev/null ||
 		die "git does not work in the debootstrapped rootfs"
 
-	if [ -n "$(mounts_below "$root")" ]; then
-		die "something is still mounted below $root"
-	fi
-
-	partial=$work/debian.tar
-	tar --numeric-owner --xattrs -C "$root" -cf "$partial" .
-	sync -- "$partial" 2>/dev/null || sync
-	mv -f -- "$partial" "$DEBIAN_TAR"
-	remove_tree "$root"
+	cache_rootfs "$root" "$DEBIAN_TAR"
 	note "debian rootfs built in $((SECONDS - start))s, cached at $DEBIAN_TAR"
 }
 
@@ -291,6 +315,78 @@ build_debian() {
 	fi
 	import_image "$PREFIX/debian" \
 		-c "ENV PATH=$DEBIAN_PATH" -c 'CMD ["bash"]' <"$DEBIAN_TAR"
+}
+
+# ---------------------------------------------------------------- postgres
+readonly PG_BIN=/usr/lib/postgresql/15/bin
+readonly PGDATA=/var/lib/postgresql/data
+
+# write_postgres_entrypoint FILE: the entrypoint of asme-test/postgres. For the
+# data folder it does what the official postgres image's does: root makes it
+# postgres's, postgres initialises and serves it.
+write_postgres_entrypoint() {
+	cat >"$1" <<'EOF'
+#!/bin/sh
+# Entrypoint of asme-test/postgres (written by asme's tests/images/build.sh).
+# `postgres [OPTION...]` (the CMD): as root, make $PGDATA postgres's and run
+# again as postgres; as postgres, initdb $PGDATA if it is empty and run the
+# server on a unix socket in /tmp only. Any other command is run as given.
+set -eu
+: "${PGDATA:=/var/lib/postgresql/data}"
+if [ "${1:-}" != postgres ]; then
+	exec "$@"
+fi
+if [ "$(id -u)" = 0 ]; then
+	mkdir -p "$PGDATA"
+	chown -R postgres:postgres "$PGDATA"
+	chmod 700 "$PGDATA"
+	exec setpriv --reuid=postgres --regid=postgres --init-groups -- "$0" "$@"
+fi
+if [ ! -s "$PGDATA/PG_VERSION" ]; then
+	initdb -D "$PGDATA" --username=postgres --auth=trust --no-locale --encoding=UTF8
+fi
+shift
+exec postgres -D "$PGDATA" -c listen_addresses= -k /tmp "$@"
+EOF
+	chmod 0755 "$1"
+}
+
+make_postgres_tar() {
+	local root=$work/postgres start=$SECONDS
+	debootstrap_rootfs "$root" postgresql
+
+	# The package made a cluster "main"; the image's cluster is $PGDATA.
+	rm -rf -- "$root"/var/lib/postgresql/15 "$root"/etc/postgresql/15 \
+		"$root"/var/log/postgresql/*
+	# Slim down: documentation, translations, locale sources (initdb --no-locale),
+	# and LLVM with its z3, which only the JIT uses (an optional module: without
+	# it postgres runs with no JIT).
+	rm -rf -- "$root"/usr/share/doc/* "$root"/usr/share/man/* "$root"/usr/share/info/* \
+		"$root"/usr/share/locale/* "$root"/usr/share/i18n \
+		"$root"/usr/lib/postgresql/15/lib/llvmjit* "$root"/usr/lib/postgresql/15/lib/bitcode \
+		"$root"/usr/lib/x86_64-linux-gnu/libLLVM-14.so* "$root"/usr/lib/x86_64-linux-gnu/libz3.so*
+	write_postgres_entrypoint "$root/usr/local/bin/docker-entrypoint.sh"
+
+	# Sanity check before the result is cached.
+	chroot "$root" /usr/bin/env -i PATH="$PG_BIN:$DEBIAN_PATH" postgres --version >/dev/null ||
+		die "postgres does not work in the debootstrapped rootfs"
+	chroot "$root" /usr/bin/env -i PATH="$PG_BIN:$DEBIAN_PATH" setpriv --reuid=postgres \
+		--regid=postgres --init-groups -- id -un >/dev/null ||
+		die "setpriv to postgres does not work in the debootstrapped rootfs"
+
+	cache_rootfs "$root" "$POSTGRES_TAR"
+	note "postgres rootfs built in $((SECONDS - start))s, cached at $POSTGRES_TAR"
+}
+
+build_postgres() {
+	if [ ! -s "$POSTGRES_TAR" ]; then
+		make_postgres_tar
+	fi
+	import_image "$PREFIX/postgres" \
+		-c "ENV PATH=$PG_BIN:$DEBIAN_PATH" -c "ENV PGDATA=$PGDATA" \
+		-c 'ENV PGHOST=/tmp' -c 'ENV PGUSER=postgres' \
+		-c 'ENTRYPOINT ["/usr/local/bin/docker-entrypoint.sh"]' -c 'CMD ["postgres"]' \
+		<"$POSTGRES_TAR"
 }
 
 # ---------------------------------------------------------------- main
@@ -337,6 +433,7 @@ main() {
 	mkdir -p -- "$CACHE"
 	CACHE=$(readlink -f -- "$CACHE")
 	DEBIAN_TAR=$CACHE/debian-bookworm-minbase.tar
+	POSTGRES_TAR=$CACHE/postgres-bookworm-minbase.tar
 
 	# ---------------------------------------------------------------- lock
 	exec 9>>"$CACHE/build.lock"
