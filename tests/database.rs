@@ -2,8 +2,9 @@
 //! asme-test/postgres, like the official image's, runs as root, `chown -R`s its data folder
 //! to the service user postgres and drops to it; postgres then initialises and serves the
 //! data. Inside, the folder is postgres's; on the host every file stays the user's, so the
-//! user can copy and delete it. Once through `asme --strategy fuse run`, once through a
-//! volume of the driver with `-o mapping=fuse`.
+//! user can copy and delete it. Through `asme run` (auto picks fuse: the entrypoint changes
+//! users), through a volume of the driver with `-o mapping=fuse`, and on a user's sshfs share
+//! (no `user.` attributes there: the owners are recorded beside the data).
 
 mod testenv;
 
@@ -16,6 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use testenv::share::Share;
 use testenv::{ContainerName, Run, TestDir, User, as_user, asme_as, image, ok, owners, user1234};
 
 /// The image's data folder (`PGDATA`).
@@ -363,28 +365,47 @@ fn data_folder(user: &User, label: &str) -> (TestDir, PathBuf) {
     (dir, data)
 }
 
-/// `asme --strategy fuse run -d --rm -v DATA:/var/lib/postgresql/data`: asme's own FUSE
-/// server for the run keeps what the container's chown sets, and the files the user's.
+/// `asme run -d --rm -v DATA:/var/lib/postgresql/data`: auto reads the image's entrypoint
+/// (it chowns and drops to postgres) and picks fuse, whose recorded owners keep what the
+/// container's chown sets, and the files the user's.
 #[test]
-fn asme_run_with_the_fuse_strategy_keeps_a_database_the_users() {
+fn asme_run_keeps_a_database_the_users() {
     let user = user1234();
     let (dir, data) = data_folder(user, "database-run");
     let mount = format!("{}:{PGDATA}", data.display());
-    let postgres = image("postgres");
     database_keeps_its_data_as_the_owner(user, &dir, &data, |name| {
-        let args = [
-            "--strategy",
-            "fuse",
-            "run",
-            "-d",
-            "--rm",
-            "--name",
-            name,
-            "-v",
-            &mount,
-            &postgres,
-        ];
-        Run::of(asme_as(user, &dir.path, &args))
+        asme_run(user, &dir.path, name, &mount)
+    });
+}
+
+/// `asme -v run -d --rm --name NAME -v MOUNT asme-test/postgres` as `user`, checking that
+/// auto chose fuse because the image's program changes users.
+fn asme_run(user: &User, cwd: &Path, name: &str, mount: &str) -> Run {
+    let postgres = image("postgres");
+    let args = [
+        "-v", "run", "-d", "--rm", "--name", name, "-v", mount, &postgres,
+    ];
+    let run = Run::of(asme_as(user, cwd, &args));
+    for said in ["the image's program changes users", "strategy fuse:"] {
+        assert!(run.stderr.contains(said), "{}", run.explain());
+    }
+    run
+}
+
+/// The same on a share the user mounted with sshfs (no `allow_other`): served by fuse as the
+/// user, the owners recorded in the data folder's hidden `.asme-owners`. Checked on the
+/// folder sshd serves (root may not enter the user's mount).
+#[test]
+fn a_database_on_a_users_share_stays_the_users() {
+    let user = user1234();
+    let share = Share::mount(user);
+    ok(as_user(user, &user.home)
+        .arg("mkdir")
+        .arg(share.mountpoint.join("pgdata")));
+    let mount = format!("{}:{PGDATA}", share.mountpoint.join("pgdata").display());
+    let data = share.backing.join("pgdata");
+    database_keeps_its_data_as_the_owner(user, &share.backing, &data, |name| {
+        asme_run(user, &user.home, name, &mount)
     });
 }
 

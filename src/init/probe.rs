@@ -23,8 +23,10 @@ pub struct ImageFacts {
     pub group: Option<String>,
     /// lstat(2) of every home folder named in passwd, and of /home.
     pub paths: BTreeMap<String, PathFact>,
-    /// The image's own program (ENTRYPOINT, else CMD), read as a script. Not defaulted: a
-    /// cached probe from before it existed fails to read, and the image is probed again.
+    /// The image's own program (ENTRYPOINT, else CMD), read as a script. Required, though
+    /// an `Option` (serde would take a missing one as `None`): a cached probe from before it
+    /// existed fails to read, and the image is probed again.
+    #[serde(deserialize_with = "Option::deserialize")]
     pub program: Option<ProgramFacts>,
 }
 
@@ -196,6 +198,14 @@ pub fn main(program: Option<&str>) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_probe_cached_before_programs_were_read_is_not_taken() {
+        let old = r#"{"passwd":"root:x:0:0::/root:/bin/sh\n","group":null,"paths":{}}"#;
+        assert!(serde_json::from_str::<ImageFacts>(old).is_err());
+        let new = r#"{"passwd":null,"group":null,"paths":{},"program":null}"#;
+        assert!(serde_json::from_str::<ImageFacts>(new).is_ok());
+    }
 
     #[test]
     fn scripts_that_change_users_are_told_apart() {

@@ -5,6 +5,8 @@
 //! way its users run it.
 #![allow(dead_code)]
 
+pub mod share;
+
 use std::borrow::BorrowMut;
 use std::ffi::OsStr;
 use std::fs;
