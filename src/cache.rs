@@ -64,6 +64,11 @@ impl Cache {
         Ok(facts)
     }
 
+    /// The cache's own folder (`.../asme/v1`).
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     /// Where the fuse strategy's mount points live while a run uses them.
     pub fn mount_dir(&self) -> PathBuf {
         self.root.join("mnt")

@@ -115,6 +115,36 @@ pub enum Command {
         #[command(subcommand)]
         command: AgentCommand,
     },
+
+    /// A Docker API endpoint for every client: bind mounts of your folders written as you.
+    ///
+    /// Point a client at it with DOCKER_HOST=unix://SOCKET or `asme context install`.
+    /// Container creation is rewritten (your folders become volumes of asme's driver);
+    /// everything else passes through.
+    Proxy {
+        /// Where to listen [default: $XDG_RUNTIME_DIR/asme/docker.sock, or asme's cache
+        /// folder]
+        #[arg(long, value_name = "PATH")]
+        socket: Option<std::path::PathBuf>,
+    },
+
+    /// The docker context `asme`, pointing at `asme proxy`'s socket.
+    Context {
+        #[command(subcommand)]
+        command: ContextCommand,
+    },
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum ContextCommand {
+    /// Create the context (and, where systemd runs for you, a socket-activated user unit).
+    Install {
+        /// The proxy's socket [default: as `asme proxy`]
+        #[arg(long, value_name = "PATH")]
+        socket: Option<std::path::PathBuf>,
+    },
+    /// Remove the context and the units.
+    Uninstall,
 }
 
 #[derive(Debug, Clone, clap::Args)]

@@ -18,5 +18,6 @@ pub mod idmap;
 pub mod init;
 pub mod owner;
 pub mod plugin;
+pub mod proxy;
 pub mod run;
 pub mod sys;

@@ -7,7 +7,7 @@ use clap::{CommandFactory as _, Parser as _};
 
 use asme::cache::Cache;
 use asme::chown::SummaryTo;
-use asme::cli::{AgentCommand, Cli, Command, PluginCommand};
+use asme::cli::{AgentCommand, Cli, Command, ContextCommand, PluginCommand};
 use asme::engine::Engine;
 use asme::exit::Exit;
 use asme::{agent, doctor, fix, fs, init, run};
@@ -84,6 +84,11 @@ fn dispatch(cli: &Cli) -> Result<Exit> {
         }
         Command::DoctorWrite { path } => doctor::write_probe(path).map(done),
         Command::Plugin { command } => plugin(cli, command).map(done),
+        Command::Proxy { socket } => {
+            asme::proxy::main(cli.engine, asme::owner::invoking(cli.owner), socket.clone())
+                .map(done)
+        }
+        Command::Context { command } => context(cli, command).map(done),
         Command::Agent {
             command: AgentCommand::Serve { daemon },
         } => agent::server::serve(daemon).map(done),
@@ -112,6 +117,23 @@ fn plugin(cli: &Cli, command: &PluginCommand) -> Result<()> {
             Ok(())
         }
         PluginCommand::Serve => unreachable!("served above"),
+    }
+}
+
+fn context(cli: &Cli, command: &ContextCommand) -> Result<()> {
+    use asme::proxy::{self, context};
+    let engine = Engine::detect(cli.engine)?;
+    match command {
+        ContextCommand::Install { socket } => {
+            let socket = match socket {
+                Some(socket) => std::path::absolute(socket)?,
+                None => proxy::default_socket()?,
+            };
+            let exe = std::env::current_exe()?;
+            eprint!("{}", context::install(&engine, &socket, &exe)?);
+            Ok(())
+        }
+        ContextCommand::Uninstall => context::uninstall(&engine),
     }
 }
 

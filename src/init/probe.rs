@@ -140,6 +140,46 @@ impl ImageFacts {
     }
 }
 
+impl ImageFacts {
+    /// The uid and gid a container user spec (`--user` or the image's USER) runs as, resolved
+    /// against the image's files as runc does: a name must exist; without a group, the entry's
+    /// gid, or 0 for a bare number with no entry.
+    pub fn ids_of(&self, user: &str) -> Result<(u32, u32), String> {
+        if user.is_empty() {
+            return Ok((0, 0));
+        }
+        let passwd = PasswdFile::parse(self.passwd.as_deref().unwrap_or(""));
+        let (name, group) = match user.split_once(':') {
+            Some((name, group)) => (name, Some(group)),
+            None => (user, None),
+        };
+        let entry = match name.parse::<u32>() {
+            Ok(uid) => passwd
+                .by_uid(uid)
+                .cloned()
+                .map(|e| (uid, e.gid))
+                .or(Some((uid, 0))),
+            Err(_) => passwd.by_name(name).map(|e| (e.uid, e.gid)),
+        };
+        let (uid, entry_gid) = entry.ok_or_else(|| {
+            format!("unable to find user {name}: no matching entries in passwd file")
+        })?;
+        let gid = match group {
+            None => entry_gid,
+            Some(group) => match group.parse::<u32>() {
+                Ok(gid) => gid,
+                Err(_) => crate::identity::GroupFile::parse(self.group.as_deref().unwrap_or(""))
+                    .by_name(group)
+                    .map(|g| g.gid)
+                    .ok_or_else(|| {
+                        format!("unable to find group {group}: no matching entries in group file")
+                    })?,
+            },
+        };
+        Ok((uid, gid))
+    }
+}
+
 fn read_optional(path: &str) -> io::Result<Option<String>> {
     match fs::read(path) {
         Ok(bytes) => Ok(Some(String::from_utf8_lossy(&bytes).into_owned())),

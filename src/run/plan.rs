@@ -88,41 +88,10 @@ pub fn run_as(args: &RunArgs, owner: Owner, facts: &ImageFacts) -> RunAs {
     }
 }
 
-/// The uid and gid a container user spec (`--user` or the image's USER) runs as, resolved
-/// against the image's files as runc does: a name must exist; without a group, the entry's
-/// gid, or 0 for a bare number with no entry.
+/// The uid and gid a container user spec (`--user` or the image's USER) runs as
+/// (`ImageFacts::ids_of`).
 pub fn container_ids(user: &str, facts: &ImageFacts) -> Result<(u32, u32), String> {
-    if user.is_empty() {
-        return Ok((0, 0));
-    }
-    let passwd = PasswdFile::parse(facts.passwd.as_deref().unwrap_or(""));
-    let (name, group) = match user.split_once(':') {
-        Some((name, group)) => (name, Some(group)),
-        None => (user, None),
-    };
-    let entry = match name.parse::<u32>() {
-        Ok(uid) => passwd
-            .by_uid(uid)
-            .cloned()
-            .map(|e| (uid, e.gid))
-            .or(Some((uid, 0))),
-        Err(_) => passwd.by_name(name).map(|e| (e.uid, e.gid)),
-    };
-    let (uid, entry_gid) = entry
-        .ok_or_else(|| format!("unable to find user {name}: no matching entries in passwd file"))?;
-    let gid = match group {
-        None => entry_gid,
-        Some(group) => match group.parse::<u32>() {
-            Ok(gid) => gid,
-            Err(_) => identity::GroupFile::parse(facts.group.as_deref().unwrap_or(""))
-                .by_name(group)
-                .map(|g| g.gid)
-                .ok_or_else(|| {
-                    format!("unable to find group {group}: no matching entries in group file")
-                })?,
-        },
-    };
-    Ok((uid, gid))
+    facts.ids_of(user)
 }
 
 /// The owner's account inside the container.

@@ -32,3 +32,15 @@ pub fn close_raw_fd(raw: RawFd) {
     // so closing it here cannot close a descriptor another owner still relies on.
     drop(unsafe { OwnedFd::from_raw_fd(raw) });
 }
+
+/// Takes ownership of descriptor `raw`, inherited from the process that started us (systemd's
+/// socket activation passes listening sockets from fd 3 on), after checking it is open.
+///
+/// Contract: nothing else in this process owns `raw` (true of inherited descriptors that no
+/// code has wrapped yet); call it once per descriptor.
+pub fn take_inherited(raw: RawFd) -> std::io::Result<OwnedFd> {
+    rustix::io::fcntl_getfd(borrow_raw_fd(raw))?;
+    // SAFETY: the descriptor is open (checked just above) and, by the contract, owned by
+    // nobody else in this process, so this becomes its one owner.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}

@@ -1,0 +1,168 @@
+//! One request, forwarded to the engine: container creation rewritten (`rewrite`), the rest
+//! as it came. Bodies stream both ways (logs -f, events, stats, chunked uploads); a request
+//! the engine upgrades (attach, exec start: `Upgrade: tcp`, answered 101) becomes a raw
+//! tunnel between the client and the engine until either side closes.
+//!
+//! Each request gets its own connection to the engine, so an upgraded one can become the
+//! tunnel and a slow stream holds up nobody else.
+
+use std::convert::Infallible;
+use std::path::Path;
+use std::sync::Arc;
+
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, TRANSFER_ENCODING};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+
+use super::rewrite::{self, Refused, Sources};
+use crate::owner::Owner;
+
+/// The largest container-create body the proxy reads (the engine's own requests are a few
+/// KiB): past it the request is refused, and the connection closed.
+pub const MAX_CREATE: usize = 16 * 1024 * 1024;
+
+pub type Body = BoxBody<Bytes, hyper::Error>;
+
+/// What every request needs: where the engine is, whose the files are, what sources are.
+pub struct Proxy {
+    pub engine: std::path::PathBuf,
+    pub owner: Owner,
+    pub sources: Box<dyn Sources + Send + Sync>,
+}
+
+/// Answers one request: the engine's answer, or the engine's error shape for what the proxy
+/// itself refused or could not forward.
+pub async fn handle(
+    proxy: Arc<Proxy>,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let answer = if is_create(&request) {
+        create(&proxy, request).await
+    } else {
+        let request = request.map(|b| b.boxed());
+        forward(&proxy.engine, request).await
+    };
+    Ok(answer.unwrap_or_else(|refused| error(refused.status, &refused.message)))
+}
+
+/// `POST [/vX.Y]/containers/create`.
+fn is_create(request: &Request<Incoming>) -> bool {
+    request.method() == Method::POST && strip_version(request.uri().path()) == "/containers/create"
+}
+
+/// The path without its API version prefix (`/v1.41/containers/create`).
+fn strip_version(path: &str) -> &str {
+    if let Some(rest) = path.strip_prefix("/v")
+        && let Some((version, tail)) = rest.split_once('/')
+        && version
+            .split('.')
+            .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return &path[path.len() - tail.len() - 1..];
+    }
+    path
+}
+
+async fn create(proxy: &Arc<Proxy>, request: Request<Incoming>) -> Result<Response<Body>, Refused> {
+    let (mut parts, body) = request.into_parts();
+    let body = match Limited::new(body, MAX_CREATE).collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(e) => {
+            return Err(Refused {
+                status: 413,
+                message: format!("asme proxy: reading the request: {e}"),
+            });
+        }
+    };
+    // The rewrite may stat, create folders and ask the engine: off the reactor.
+    let worker = Arc::clone(proxy);
+    let original = body.clone();
+    let rewritten = tokio::task::spawn_blocking(move || {
+        rewrite::create(&original, worker.owner, worker.sources.as_ref())
+    })
+    .await
+    .map_err(|e| Refused {
+        status: 500,
+        message: format!("asme proxy: {e}"),
+    })??;
+    let body = rewritten.map(Bytes::from).unwrap_or(body);
+    parts.headers.remove(TRANSFER_ENCODING);
+    parts
+        .headers
+        .insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+    let body = Full::new(body).map_err(|never| match never {}).boxed();
+    forward(&proxy.engine, Request::from_parts(parts, body)).await
+}
+
+/// Sends `request` to the engine on a connection of its own and returns the answer; on 101
+/// the two upgraded connections are joined.
+async fn forward(engine: &Path, mut request: Request<Body>) -> Result<Response<Body>, Refused> {
+    let unreachable = |e: &dyn std::fmt::Display| Refused {
+        status: 502,
+        message: format!(
+            "asme proxy: cannot reach the engine at {}: {e}",
+            engine.display()
+        ),
+    };
+    let stream = tokio::net::UnixStream::connect(engine)
+        .await
+        .map_err(|e| unreachable(&e))?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| unreachable(&e))?;
+    tokio::spawn(connection.with_upgrades());
+    let client_upgrade = hyper::upgrade::on(&mut request);
+    let mut response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| unreachable(&e))?;
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let engine_upgrade = hyper::upgrade::on(&mut response);
+        tokio::spawn(async move {
+            if let (Ok(client), Ok(engine)) = (client_upgrade.await, engine_upgrade.await) {
+                let (mut client, mut engine) = (TokioIo::new(client), TokioIo::new(engine));
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut engine).await;
+            }
+        });
+    }
+    Ok(response.map(|b| b.boxed()))
+}
+
+/// The engine's error shape: `{"message": ...}` as JSON with `status`.
+pub fn error(status: u16, message: &str) -> Response<Body> {
+    let body = serde_json::json!({ "message": message }).to_string();
+    let mut response = Response::new(
+        Full::new(Bytes::from(body))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *response.status_mut() =
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_versions_are_stripped_from_paths() {
+        for (path, want) in [
+            ("/v1.41/containers/create", "/containers/create"),
+            ("/containers/create", "/containers/create"),
+            ("/v1.41/containers/abc/json", "/containers/abc/json"),
+            ("/v1/x", "/x"),
+            ("/volumes/create", "/volumes/create"),
+            ("/vx.1/containers/create", "/vx.1/containers/create"),
+            ("/v1.41", "/v1.41"),
+        ] {
+            assert_eq!(strip_version(path), want, "{path}");
+        }
+    }
+}
