@@ -289,8 +289,10 @@ pub fn anonymous_volume(
     if mapping != Mapping::Auto {
         fields.push(format!("volume-opt=mapping={mapping}"));
     }
+    // The driver makes the mapping itself read-only: docker refuses `readonly` on an
+    // anonymous volume ("must not set ReadOnly mode when using anonymous volumes").
     if access == Access::ReadOnly {
-        fields.push("readonly".into());
+        fields.push("volume-opt=ro=true".into());
     }
     fields.join(",")
 }
@@ -575,7 +577,8 @@ mod tests {
         );
         assert!(
             fuse.ends_with(
-                "volume-opt=uid=1000,volume-opt=gid=1000,volume-opt=mapping=fuse,readonly"
+                "volume-opt=uid=1000,volume-opt=gid=1000,volume-opt=mapping=fuse,\
+                 volume-opt=ro=true"
             ),
             "{fuse}"
         );

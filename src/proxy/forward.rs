@@ -41,11 +41,78 @@ pub async fn handle(
 ) -> Result<Response<Body>, Infallible> {
     let answer = if is_create(&request) {
         create(&proxy, request).await
+    } else if let Some(read_back) = reads_containers_back(&request) {
+        let request = request.map(|b| b.boxed());
+        match forward(&proxy.engine, request).await {
+            Ok(response) => Ok(shown_as_created(response, read_back).await),
+            Err(refused) => Err(refused),
+        }
     } else {
         let request = request.map(|b| b.boxed());
         forward(&proxy.engine, request).await
     };
     Ok(answer.unwrap_or_else(|refused| error(refused.status, &refused.message)))
+}
+
+/// Which read-back of containers a request is.
+#[derive(Clone, Copy)]
+enum ReadBack {
+    /// `GET /containers/{id}/json`: one container.
+    One,
+    /// `GET /containers/json`: a list.
+    List,
+}
+
+fn reads_containers_back(request: &Request<Incoming>) -> Option<ReadBack> {
+    if request.method() != Method::GET {
+        return None;
+    }
+    let path = strip_version(request.uri().path());
+    if path == "/containers/json" {
+        return Some(ReadBack::List);
+    }
+    let id = path.strip_prefix("/containers/")?.strip_suffix("/json")?;
+    (!id.is_empty() && !id.contains('/')).then_some(ReadBack::One)
+}
+
+/// The engine's answer about containers with the proxy's rewritten ones shown as created
+/// (`rewrite::inspected`); anything else, or a body that is not JSON, as it came.
+async fn shown_as_created(response: Response<Body>, read_back: ReadBack) -> Response<Body> {
+    if response.status() != StatusCode::OK {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let Ok(bytes) = Limited::new(body, MAX_CREATE)
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+    else {
+        return error(
+            502,
+            "asme proxy: the engine's answer was cut short or too large",
+        );
+    };
+    let rewritten = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|mut value| {
+            let changed = match (read_back, &mut value) {
+                (ReadBack::One, value) => rewrite::inspected(value),
+                (ReadBack::List, serde_json::Value::Array(list)) => list
+                    .iter_mut()
+                    .fold(false, |any, c| rewrite::inspected(c) || any),
+                _ => false,
+            };
+            changed.then(|| serde_json::to_vec(&value).expect("JSON values serialise"))
+        });
+    let bytes = rewritten.map(Bytes::from).unwrap_or(bytes);
+    parts.headers.remove(TRANSFER_ENCODING);
+    parts
+        .headers
+        .insert(CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+    Response::from_parts(
+        parts,
+        Full::new(bytes).map_err(|never| match never {}).boxed(),
+    )
 }
 
 /// `POST [/vX.Y]/containers/create`.

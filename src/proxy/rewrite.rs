@@ -10,7 +10,7 @@
 use serde_json::{Map, Value, json};
 
 use crate::owner::Owner;
-use crate::plugin::options::{Access, Mapping};
+use crate::plugin::options::Mapping;
 
 /// The label holding the bind mounts as the client wrote them (a JSON list of strings for
 /// `Binds`, of objects for `Mounts`).
@@ -239,19 +239,79 @@ fn volume_mount(bind: &Bind, owner: Owner, container: (u32, u32), mapping: Mappi
     if mapping != Mapping::Auto {
         options.insert("mapping".into(), mapping.to_string().into());
     }
-    let access = if bind.read_only {
-        Access::ReadOnly
-    } else {
-        Access::ReadWrite
-    };
+    // The driver makes the mapping read-only: docker refuses `ReadOnly` on an anonymous
+    // volume.
+    if bind.read_only {
+        options.insert("ro".into(), "true".into());
+    }
     json!({
         "Type": "volume",
         "Target": bind.target,
-        "ReadOnly": access == Access::ReadOnly,
         "VolumeOptions": {
             "DriverConfig": {"Name": crate::plugin::install::NAME, "Options": options}
         }
     })
+}
+
+/// A container as the engine describes it (`GET /containers/{id}/json`, or one entry of
+/// `GET /containers/json`), shown as the client created it: the driver volumes that stand
+/// for its binds shown as those binds again, and `HostConfig` as sent. Clients that read
+/// their containers back (IDEs, CI runners) see what they asked for. `false`: not one of
+/// the proxy's rewritten containers.
+pub fn inspected(container: &mut Value) -> bool {
+    let labels = container
+        .get("Config")
+        .and_then(|c| c.get("Labels"))
+        .or_else(|| container.get("Labels"));
+    let Some(original) = labels
+        .and_then(|l| l.get(LABEL))
+        .and_then(Value::as_str)
+        .and_then(|text| serde_json::from_str::<Value>(text).ok())
+    else {
+        return false;
+    };
+    let list = |key: &str| original[key].as_array().cloned().unwrap_or_default();
+    let (binds, mounts) = (list("Binds"), list("Mounts"));
+    let originals: Vec<Bind> = binds
+        .iter()
+        .filter_map(|b| b.as_str().and_then(parse_bind))
+        .chain(mounts.iter().filter_map(parse_mount))
+        .collect();
+    if let Some(host) = container
+        .get_mut("HostConfig")
+        .and_then(Value::as_object_mut)
+        && host.contains_key("Binds")
+    {
+        let or_null = |l: Vec<Value>| {
+            if l.is_empty() {
+                Value::Null
+            } else {
+                Value::Array(l)
+            }
+        };
+        host.insert("Binds".into(), or_null(binds));
+        host.insert("Mounts".into(), or_null(mounts));
+    }
+    if let Some(Value::Array(shown)) = container.get_mut("Mounts") {
+        for mount in shown.iter_mut() {
+            // A managed plugin's name carries its tag: `asme:latest`.
+            let driver = mount["Driver"].as_str().unwrap_or_default();
+            let is_ours = mount["Type"] == "volume"
+                && driver.split(':').next() == Some(crate::plugin::install::NAME);
+            let target = mount["Destination"].as_str().unwrap_or_default();
+            if let Some(bind) = originals.iter().find(|b| is_ours && b.target == target) {
+                *mount = json!({
+                    "Type": "bind",
+                    "Source": bind.source,
+                    "Destination": bind.target,
+                    "Mode": if bind.read_only { "ro" } else { "" },
+                    "RW": !bind.read_only,
+                    "Propagation": "rprivate",
+                });
+            }
+        }
+    }
+    true
 }
 
 fn take_list(host: &mut Map<String, Value>, key: &str) -> Vec<Value> {

@@ -59,14 +59,16 @@ fn rewrite(body: Value, fake: &Fake) -> Result<Option<Value>, Refused> {
 }
 
 fn volume(source: &str, target: &str, read_only: bool, uid: u32) -> Value {
+    let mut options = json!({
+        "source": source, "owner": "1234:1234", "uid": uid.to_string(), "gid": uid.to_string()
+    });
+    if read_only {
+        options["ro"] = json!("true");
+    }
     json!({
         "Type": "volume",
         "Target": target,
-        "ReadOnly": read_only,
-        "VolumeOptions": {"DriverConfig": {"Name": "asme", "Options": {
-            "source": source, "owner": "1234:1234",
-            "uid": uid.to_string(), "gid": uid.to_string()
-        }}}
+        "VolumeOptions": {"DriverConfig": {"Name": "asme", "Options": options}}
     })
 }
 
@@ -180,4 +182,49 @@ fn unreadable_sources_and_unknown_users_are_refused_before_anything_is_made() {
     assert_eq!(refused.status, 400);
     assert!(refused.message.contains("nobody"), "{}", refused.message);
     assert!(fake.created.borrow().is_empty(), "nothing is created");
+}
+
+/// A container read back shows the binds it was created with, not the driver volumes.
+#[test]
+fn containers_read_back_show_their_binds() {
+    let fake = Fake::new();
+    let body = json!({"Image": "img", "HostConfig": {
+        "Binds": ["/home/u/src:/src:ro", "/etc:/etc"],
+        "Mounts": [{"Type": "bind", "Source": "/home/u/m", "Target": "/m"}]
+    }});
+    let created = rewrite(body, &fake).unwrap().unwrap();
+    let label = created["Labels"][LABEL].clone();
+    let mut container = json!({
+        "Config": {"Labels": {LABEL: label}},
+        "HostConfig": {"Binds": ["/etc:/etc"], "Mounts": created["HostConfig"]["Mounts"]},
+        "Mounts": [
+            {"Type": "volume", "Name": "abc", "Driver": "asme", "Destination": "/src",
+             "Source": "/var/lib/docker/plugins/x/propagated-mount/abc", "RW": false},
+            {"Type": "bind", "Source": "/etc", "Destination": "/etc", "RW": true},
+            {"Type": "volume", "Name": "def", "Driver": "asme:latest", "Destination": "/m",
+             "RW": true},
+            {"Type": "volume", "Name": "other", "Driver": "local", "Destination": "/v"}
+        ]
+    });
+    assert!(inspected(&mut container));
+    assert_eq!(
+        container["HostConfig"]["Binds"],
+        json!(["/home/u/src:/src:ro", "/etc:/etc"])
+    );
+    assert_eq!(
+        container["HostConfig"]["Mounts"],
+        json!([{"Type": "bind", "Source": "/home/u/m", "Target": "/m"}])
+    );
+    let shown = &container["Mounts"];
+    assert_eq!(
+        shown[0],
+        json!({"Type": "bind", "Source": "/home/u/src", "Destination": "/src", "Mode": "ro",
+               "RW": false, "Propagation": "rprivate"})
+    );
+    assert_eq!(shown[1]["Source"], "/etc");
+    assert_eq!(shown[2]["Source"], "/home/u/m", "{container}");
+    assert_eq!(shown[3]["Driver"], "local");
+
+    let mut someone_elses = json!({"Config": {"Labels": {}}, "Mounts": []});
+    assert!(!inspected(&mut someone_elses));
 }
