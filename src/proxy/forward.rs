@@ -97,9 +97,14 @@ async fn shown_as_created(response: Response<Body>, read_back: ReadBack) -> Resp
         .and_then(|mut value| {
             let changed = match (read_back, &mut value) {
                 (ReadBack::One, value) => rewrite::inspected(value),
-                (ReadBack::List, serde_json::Value::Array(list)) => list
-                    .iter_mut()
-                    .fold(false, |any, c| rewrite::inspected(c) || any),
+                (ReadBack::List, serde_json::Value::Array(list)) => {
+                    // Every entry, not only up to the first rewritten one.
+                    let mut any = false;
+                    for container in list.iter_mut() {
+                        any |= rewrite::inspected(container);
+                    }
+                    any
+                }
                 _ => false,
             };
             changed.then(|| serde_json::to_vec(&value).expect("JSON values serialise"))
