@@ -3,7 +3,9 @@
 //! anonymous volumes of asme's volume driver, which maps them the same way (idmap, or FUSE
 //! where the folder needs it). Shared by the idmap and fuse strategies.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
+
+use super::OpenBinds;
 
 use crate::plugin;
 use crate::plugin::options::{Access, Mapping, anonymous_volume};
@@ -18,46 +20,17 @@ use crate::run::mounts;
 pub fn driver_args(
     ctx: &Context,
     args: &RunArgs,
-    binds: &[mounts::BindMount],
-    sources: &[OwnedFd],
+    open: &OpenBinds,
     container: (u32, u32),
     mapping: Mapping,
 ) -> Option<RunArgs> {
     if args.flag("rm") {
         return None;
     }
-    let values = volumes(ctx, args, binds, sources, container, mapping)?;
-    match plugin::install::install(&ctx.engine, &ctx.exe) {
-        Ok(()) => {
-            ctx.say(
-                "the container can outlive this run: its bind mounts are volumes of asme's \
-                 driver, so docker start keeps the mapping",
-            );
-            Some(mounts::with_mount_values(args, binds, &values))
-        }
-        Err(e) => {
-            ctx.say(format_args!(
-                "the volume driver is not available ({e:#}); docker start of this container \
-                 will be refused"
-            ));
-            None
-        }
-    }
-}
-
-/// The `--mount` values that make each bind mount an anonymous volume of asme's driver;
-/// `None` where one of them cannot be one.
-fn volumes(
-    ctx: &Context,
-    args: &RunArgs,
-    binds: &[mounts::BindMount],
-    sources: &[OwnedFd],
-    container: (u32, u32),
-    mapping: Mapping,
-) -> Option<Vec<String>> {
-    binds
+    let values = open
+        .binds
         .iter()
-        .zip(sources)
+        .zip(&open.sources)
         .map(|(bind, fd)| {
             let target = mounts::volume_target(args, bind)?;
             if !crate::sys::mount::is_dir(fd.as_fd()).ok()? {
@@ -78,5 +51,21 @@ fn volumes(
                 mapping,
             ))
         })
-        .collect()
+        .collect::<Option<Vec<_>>>()?;
+    match plugin::install::install(&ctx.engine, &ctx.exe) {
+        Ok(()) => {
+            ctx.say(
+                "the container can outlive this run: its bind mounts are volumes of asme's \
+                 driver, so docker start keeps the mapping",
+            );
+            Some(mounts::with_mount_values(args, &open.binds, &values))
+        }
+        Err(e) => {
+            ctx.say(format_args!(
+                "the volume driver is not available ({e:#}); docker start of this container \
+                 will be refused"
+            ));
+            None
+        }
+    }
 }

@@ -10,9 +10,7 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 
-use super::{
-    Launch, Name, Prepared, Refusal, container_ids, durable, keep::keep_user, open_source,
-};
+use super::{Launch, Name, Prepared, Refusal, container_ids, durable, keep::keep_user};
 use crate::fs;
 use crate::plugin::options::Mapping;
 use crate::run::Context;
@@ -31,17 +29,9 @@ pub fn prepare<'a>(ctx: &'a Context, args: &RunArgs) -> Result<Prepared<'a>, Ref
         binds.len(),
         ctx.owner
     ));
-    let paths = super::sources(ctx, &binds);
-    // Checks them, and creates a missing `-v` source as the owner, as docker would.
-    let sources = binds
-        .iter()
-        .zip(&paths)
-        .map(|(bind, path)| open_source(path, bind.kind))
-        .collect::<Result<Vec<_>, _>>()?;
+    let open = super::open_binds(ctx, args)?;
     let mut prepared = keep_user(ctx, args);
-    if let Some(durable) =
-        durable::driver_args(ctx, args, &binds, &sources, container, Mapping::Fuse)
-    {
+    if let Some(durable) = durable::driver_args(ctx, args, &open, container, Mapping::Fuse) {
         prepared.args = durable;
         return Ok(prepared);
     }
@@ -49,7 +39,7 @@ pub fn prepare<'a>(ctx: &'a Context, args: &RunArgs) -> Result<Prepared<'a>, Ref
     fs::mount::usable_for_docker().map_err(Refusal::Unavailable)?;
     let map = fs::map::OwnerMap::single((ctx.owner.uid, ctx.owner.gid), container);
     let mut mounted = FuseMounts(Vec::new());
-    for (i, source) in paths.into_iter().enumerate() {
+    for (i, source) in open.paths.iter().enumerate() {
         let point = ctx
             .cache
             .mount_dir()
@@ -68,7 +58,7 @@ pub fn prepare<'a>(ctx: &'a Context, args: &RunArgs) -> Result<Prepared<'a>, Ref
             record_owners: true,
             ..Default::default()
         };
-        if let Err(e) = fs::mount::spawn_server(&ctx.exe, &map, &source, &point, how) {
+        if let Err(e) = fs::mount::spawn_server(&ctx.exe, &map, source, &point, how) {
             let _ = std::fs::remove_dir(&point);
             return Err(Refusal::Unavailable(e));
         }

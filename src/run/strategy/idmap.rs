@@ -3,9 +3,7 @@
 
 use std::os::fd::{AsFd, BorrowedFd};
 
-use super::{
-    Launch, Name, Prepared, Refusal, container_ids, durable, keep::keep_user, open_source,
-};
+use super::{Launch, Name, Prepared, Refusal, container_ids, durable, keep::keep_user};
 use crate::agent::{self, LeaseError, SourceRefusal};
 use crate::fix;
 use crate::plugin::options::Mapping;
@@ -29,13 +27,9 @@ pub fn prepare<'a>(ctx: &'a Context, args: &RunArgs) -> Result<Prepared<'a>, Ref
         return Ok(prepared);
     }
     super::refuse_root_owner(ctx, Name::Idmap)?;
-    let paths = super::sources(ctx, &binds);
-    let sources = binds
-        .iter()
-        .zip(&paths)
-        .map(|(bind, path)| open_source(path, bind.kind))
-        .collect::<Result<Vec<_>, _>>()?;
-    for (bind, source) in binds.iter().zip(&sources) {
+    let open = super::open_binds(ctx, args)?;
+    let (paths, sources) = (open.paths.as_slice(), open.sources.as_slice());
+    for (bind, source) in binds.iter().zip(sources) {
         if ctx.cache.idmap_unsupported(source.as_fd()) {
             return Err(Refusal::Source(format!(
                 "{} is on a filesystem that refuses idmapped mounts (remembered)",
@@ -63,7 +57,7 @@ pub fn prepare<'a>(ctx: &'a Context, args: &RunArgs) -> Result<Prepared<'a>, Ref
         }
         Err(LeaseError::Other(e)) => return Err(Refusal::Unavailable(e)),
     };
-    for ((bind, path), source) in binds.iter().zip(&paths).zip(&sources) {
+    for ((bind, path), source) in binds.iter().zip(paths).zip(sources) {
         let Some(example) = root_owned_folder(source.as_fd()) else {
             continue;
         };
@@ -80,9 +74,7 @@ pub fn prepare<'a>(ctx: &'a Context, args: &RunArgs) -> Result<Prepared<'a>, Ref
         );
     }
     // The lease above has already shown that these folders take idmapped mounts.
-    if let Some(durable) =
-        durable::driver_args(ctx, args, &binds, &sources, container, Mapping::Auto)
-    {
+    if let Some(durable) = durable::driver_args(ctx, args, &open, container, Mapping::Auto) {
         drop(lease);
         prepared.args = durable;
         return Ok(prepared);

@@ -189,6 +189,30 @@ fn runs_a_program_that_changes_users(ctx: &Context, args: &RunArgs) -> bool {
     command.first() == Some(&program.name)
 }
 
+/// A run's bind mounts, with each source's path and an `O_PATH` handle of it.
+struct OpenBinds {
+    binds: Vec<mounts::BindMount>,
+    paths: Vec<PathBuf>,
+    sources: Vec<OwnedFd>,
+}
+
+/// Opens every bind source of the run (checked, and a missing `-v` source created as the
+/// owner, as docker would).
+fn open_binds(ctx: &Context, args: &RunArgs) -> Result<OpenBinds, Refusal> {
+    let binds = mounts::bind_mounts(args);
+    let paths = sources(ctx, &binds);
+    let sources = binds
+        .iter()
+        .zip(&paths)
+        .map(|(bind, path)| open_source(path, bind.kind))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(OpenBinds {
+        binds,
+        paths,
+        sources,
+    })
+}
+
 fn container_ids(ctx: &Context, args: &RunArgs) -> Result<(u32, u32), Refusal> {
     let spec = args.last("user").unwrap_or(&ctx.image.user);
     super::plan::container_ids(spec, &ctx.facts).map_err(|e| Refusal::Fatal(anyhow::anyhow!(e)))
