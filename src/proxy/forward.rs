@@ -41,6 +41,8 @@ pub async fn handle(
 ) -> Result<Response<Body>, Infallible> {
     let answer = if is_create(&request) {
         create(&proxy, request).await
+    } else if let Some(id) = removes_container(&request) {
+        remove(&proxy, request, id).await
     } else if let Some(read_back) = reads_containers_back(&request) {
         let request = request.map(|b| b.boxed());
         match forward(&proxy.engine, request).await {
@@ -52,6 +54,66 @@ pub async fn handle(
         forward(&proxy.engine, request).await
     };
     Ok(answer.unwrap_or_else(|refused| error(refused.status, &refused.message)))
+}
+
+/// `DELETE /containers/{id}`: the container's id or name.
+fn removes_container(request: &Request<Incoming>) -> Option<String> {
+    if request.method() != Method::DELETE {
+        return None;
+    }
+    let id = strip_version(request.uri().path()).strip_prefix("/containers/")?;
+    (!id.is_empty() && !id.contains('/')).then(|| id.to_string())
+}
+
+/// Removes a container; then, if it was one of the proxy's, the driver volumes of its binds,
+/// which a client that removes without `v=1` (a CI runner's `docker rm --force`, the SDK's
+/// `remove()`) would otherwise leave behind, where a bind leaves nothing.
+async fn remove(
+    proxy: &Arc<Proxy>,
+    request: Request<Incoming>,
+    id: String,
+) -> Result<Response<Body>, Refused> {
+    let volumes = match get(&proxy.engine, &format!("/containers/{id}/json")).await {
+        Some(container) => rewrite::volumes_of(&container),
+        None => Vec::new(),
+    };
+    let response = forward(&proxy.engine, request.map(|b| b.boxed())).await?;
+    if response.status().is_success() {
+        for volume in volumes {
+            let _ = send(&proxy.engine, Method::DELETE, &format!("/volumes/{volume}")).await;
+        }
+    }
+    Ok(response)
+}
+
+/// A GET of the engine's JSON (`None` on any failure).
+async fn get(engine: &Path, path: &str) -> Option<serde_json::Value> {
+    let response = send(engine, Method::GET, path).await.ok()?;
+    if response.status() != StatusCode::OK {
+        return None;
+    }
+    let body = Limited::new(response.into_body(), MAX_CREATE)
+        .collect()
+        .await
+        .ok()?;
+    serde_json::from_slice(&body.to_bytes()).ok()
+}
+
+/// A request of the proxy's own to the engine, with no body.
+async fn send(engine: &Path, method: Method, path: &str) -> Result<Response<Body>, Refused> {
+    let body = http_body_util::Empty::new()
+        .map_err(|never| match never {})
+        .boxed();
+    let request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(hyper::header::HOST, "docker")
+        .body(body)
+        .map_err(|e| Refused {
+            status: 500,
+            message: format!("asme proxy: {e}"),
+        })?;
+    forward(engine, request).await
 }
 
 /// Which read-back of containers a request is.

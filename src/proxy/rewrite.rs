@@ -294,10 +294,7 @@ pub fn inspected(container: &mut Value) -> bool {
     }
     if let Some(Value::Array(shown)) = container.get_mut("Mounts") {
         for mount in shown.iter_mut() {
-            // A managed plugin's name carries its tag: `asme:latest`.
-            let driver = mount["Driver"].as_str().unwrap_or_default();
-            let is_ours = mount["Type"] == "volume"
-                && driver.split(':').next() == Some(crate::plugin::install::NAME);
+            let is_ours = mount["Type"] == "volume" && is_driver(&mount["Driver"]);
             let target = mount["Destination"].as_str().unwrap_or_default();
             if let Some(bind) = originals.iter().find(|b| is_ours && b.target == target) {
                 *mount = json!({
@@ -312,6 +309,26 @@ pub fn inspected(container: &mut Value) -> bool {
         }
     }
     true
+}
+
+/// The driver volumes that stand for the binds of one of the proxy's containers (as the
+/// engine describes it): removed with it, as its binds would have gone.
+pub fn volumes_of(container: &Value) -> Vec<String> {
+    let ours = container["Config"]["Labels"].get(LABEL).is_some();
+    let Some(mounts) = container["Mounts"].as_array().filter(|_| ours) else {
+        return Vec::new();
+    };
+    mounts
+        .iter()
+        .filter(|m| m["Type"] == "volume" && is_driver(&m["Driver"]))
+        .filter_map(|m| m["Name"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// Whether `driver` names asme's: a managed plugin's name carries its tag (`asme:latest`).
+fn is_driver(driver: &Value) -> bool {
+    let name = driver.as_str().unwrap_or_default();
+    name.split(':').next() == Some(crate::plugin::install::NAME)
 }
 
 fn take_list(host: &mut Map<String, Value>, key: &str) -> Vec<Value> {

@@ -228,3 +228,20 @@ fn containers_read_back_show_their_binds() {
     let mut someone_elses = json!({"Config": {"Labels": {}}, "Mounts": []});
     assert!(!inspected(&mut someone_elses));
 }
+
+/// Removing one of the proxy's containers removes the driver volumes of its binds; other
+/// containers' volumes are not the proxy's to remove.
+#[test]
+fn a_removed_containers_driver_volumes_are_found() {
+    let container = json!({
+        "Config": {"Labels": {LABEL: "{}"}},
+        "Mounts": [
+            {"Type": "volume", "Name": "a1", "Driver": "asme:latest", "Destination": "/w"},
+            {"Type": "volume", "Name": "image-volume", "Driver": "local", "Destination": "/v"},
+            {"Type": "bind", "Source": "/etc", "Destination": "/etc"}
+        ]
+    });
+    assert_eq!(volumes_of(&container), vec!["a1".to_string()]);
+    let not_ours = json!({"Config": {"Labels": {}}, "Mounts": container["Mounts"]});
+    assert!(volumes_of(&not_ours).is_empty());
+}
