@@ -26,6 +26,9 @@ pub const MAX_CREATE: usize = 16 * 1024 * 1024;
 
 pub type Body = BoxBody<Bytes, hyper::Error>;
 
+/// Each direction's buffer in an attach or exec tunnel.
+const TUNNEL_BUFFER: usize = 256 * 1024;
+
 /// What every request needs: where the engine is, whose the files are, what sources are.
 pub struct Proxy {
     pub engine: std::path::PathBuf,
@@ -257,12 +260,68 @@ async fn forward(engine: &Path, mut request: Request<Body>) -> Result<Response<B
         let engine_upgrade = hyper::upgrade::on(&mut response);
         tokio::spawn(async move {
             if let (Ok(client), Ok(engine)) = (client_upgrade.await, engine_upgrade.await) {
-                let (mut client, mut engine) = (TokioIo::new(client), TokioIo::new(engine));
-                let _ = tokio::io::copy_bidirectional(&mut client, &mut engine).await;
+                tunnel(client, engine).await;
             }
         });
     }
     Ok(response.map(|b| b.boxed()))
+}
+
+/// Joins an upgraded client connection to the upgraded engine connection until either side
+/// is done. Both are unix sockets under hyper's wrapper: unwrapped (what hyper had already
+/// read is passed on first), the bytes move between the sockets themselves, in big reads.
+async fn tunnel(client: hyper::upgrade::Upgraded, engine: hyper::upgrade::Upgraded) {
+    type Socket = TokioIo<tokio::net::UnixStream>;
+    let client = match client.downcast::<Socket>() {
+        Ok(parts) => parts,
+        // Not a plain socket (cannot happen here): through hyper's wrapper.
+        Err(client) => {
+            let none = Bytes::new();
+            return join(
+                TokioIo::new(client),
+                none.clone(),
+                TokioIo::new(engine),
+                none,
+            )
+            .await;
+        }
+    };
+    let client_io = client.io.into_inner();
+    match engine.downcast::<Socket>() {
+        Ok(engine) => {
+            join(
+                client_io,
+                client.read_buf,
+                engine.io.into_inner(),
+                engine.read_buf,
+            )
+            .await;
+        }
+        Err(engine) => {
+            join(
+                client_io,
+                client.read_buf,
+                TokioIo::new(engine),
+                Bytes::new(),
+            )
+            .await
+        }
+    }
+}
+
+/// Copies both ways between `a` and `b` until both are done; `a_read` and `b_read` are what
+/// was already read from each, owed to the other first.
+async fn join<A, B>(mut a: A, a_read: Bytes, mut b: B, b_read: Bytes)
+where
+    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::AsyncWriteExt;
+    if b.write_all(&a_read).await.is_err() || a.write_all(&b_read).await.is_err() {
+        return;
+    }
+    let _ = tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, TUNNEL_BUFFER, TUNNEL_BUFFER)
+        .await;
 }
 
 /// The engine's error shape: `{"message": ...}` as JSON with `status`.
