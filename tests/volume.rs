@@ -399,6 +399,51 @@ fn a_swarm_service_writes_as_the_owner() {
     assert_eq!((meta.uid(), meta.gid()), (user.uid, user.gid));
     docker_as(user, &dir.path, &["service", "rm", &service]).ok();
     remove_volumes_of(user, &dir.path);
+
+    // Through `asme proxy`, a plain bind mount of the user's folder: the proxy makes it a
+    // volume of the driver in the service's task template.
+    let dir = TestDir::new(user, "volume-swarm-proxy");
+    let socket = dir.join("docker.sock");
+    let (mut proxy, _) = testenv::spawn_until(
+        asme_as(
+            user,
+            &dir.path,
+            &["proxy", "--socket", &socket.display().to_string()],
+        ),
+        &format!("listening on {}", socket.display()),
+    );
+    let bind = format!("type=bind,src={},dst=/w", dir.path.display());
+    let host = format!("unix://{}", socket.display());
+    let mut create = as_user(user, &dir.path);
+    create.env("DOCKER_HOST", &host).arg("docker");
+    create.args(&args[..7]).args([
+        "--mount",
+        &bind,
+        &busybox,
+        "sh",
+        "-c",
+        "echo swarm >> /w/log",
+    ]);
+    let created = Run::of(create);
+    let log = dir.join("log");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while created.status == Some(0) && !log.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the service's task wrote nothing through the proxy"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = docker_as(user, &dir.path, &["service", "rm", &service]);
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(proxy.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = proxy.wait();
+    created.ok();
+    let meta = fs::metadata(&log).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (user.uid, user.gid));
+    remove_volumes_of(user, &dir.path);
 }
 
 /// Removes the driver's volumes over `folder` (a swarm task's anonymous volume outlives its

@@ -42,8 +42,8 @@ pub async fn handle(
     proxy: Arc<Proxy>,
     request: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
-    let answer = if is_create(&request) {
-        create(&proxy, request).await
+    let answer = if let Some(rewrite) = rewritten_body(&request) {
+        create(&proxy, request, rewrite).await
     } else if let Some(id) = removes_container(&request) {
         remove(&proxy, request, id).await
     } else if let Some(read_back) = reads_containers_back(&request) {
@@ -185,9 +185,23 @@ async fn shown_as_created(response: Response<Body>, read_back: ReadBack) -> Resp
     )
 }
 
-/// `POST [/vX.Y]/containers/create`.
-fn is_create(request: &Request<Incoming>) -> bool {
-    request.method() == Method::POST && strip_version(request.uri().path()) == "/containers/create"
+/// How a request's body is rewritten: `POST /containers/create` (`rewrite::create`), and
+/// `POST /services/create` or `/services/{id}/update` (`rewrite::service`).
+type Rewrite = fn(&[u8], Owner, &dyn Sources) -> Result<Option<Vec<u8>>, Refused>;
+
+fn rewritten_body(request: &Request<Incoming>) -> Option<Rewrite> {
+    if request.method() != Method::POST {
+        return None;
+    }
+    let path = strip_version(request.uri().path());
+    if path == "/containers/create" {
+        return Some(rewrite::create);
+    }
+    let service = path.strip_prefix("/services/")?;
+    let updates = service
+        .strip_suffix("/update")
+        .is_some_and(|id| !id.is_empty() && !id.contains('/'));
+    (service == "create" || updates).then_some(rewrite::service as Rewrite)
 }
 
 /// The path without its API version prefix (`/v1.41/containers/create`).
@@ -203,7 +217,11 @@ fn strip_version(path: &str) -> &str {
     path
 }
 
-async fn create(proxy: &Arc<Proxy>, request: Request<Incoming>) -> Result<Response<Body>, Refused> {
+async fn create(
+    proxy: &Arc<Proxy>,
+    request: Request<Incoming>,
+    rewrite: Rewrite,
+) -> Result<Response<Body>, Refused> {
     let (mut parts, body) = request.into_parts();
     let body = match Limited::new(body, MAX_CREATE).collect().await {
         Ok(body) => body.to_bytes(),
@@ -218,7 +236,7 @@ async fn create(proxy: &Arc<Proxy>, request: Request<Incoming>) -> Result<Respon
     let worker = Arc::clone(proxy);
     let original = body.clone();
     let rewritten = tokio::task::spawn_blocking(move || {
-        rewrite::create(&original, worker.owner, worker.sources.as_ref())
+        rewrite(&original, worker.owner, worker.sources.as_ref())
     })
     .await
     .map_err(|e| Refused {

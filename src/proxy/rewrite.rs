@@ -69,18 +69,7 @@ pub fn create(
     }
     let image = request["Image"].as_str().unwrap_or_default().to_string();
     let user = request["User"].as_str().unwrap_or_default().to_string();
-    let (container, changes_users) =
-        sources
-            .container(&image, &user)
-            .map_err(|message| Refused {
-                status: 400,
-                message,
-            })?;
-    let mapping = if changes_users {
-        Mapping::Fuse
-    } else {
-        Mapping::Auto
-    };
+    let (container, mapping) = container_mapping(sources, &image, &user)?;
     for missing in &plan.to_create {
         sources.create(missing).map_err(|message| Refused {
             status: 500,
@@ -109,6 +98,66 @@ pub fn create(
     Ok(Some(
         serde_json::to_vec(&request).expect("JSON values serialise"),
     ))
+}
+
+/// `POST /services/create` and `/services/{id}/update`: the bind mounts of a service's task
+/// (`TaskTemplate.ContainerSpec.Mounts`) made volumes of the driver the same way, so a swarm
+/// service's tasks write as the user too (on each node, the folder and the plugin must be
+/// there, as for a bind).
+pub fn service(
+    body: &[u8],
+    owner: Owner,
+    sources: &dyn Sources,
+) -> Result<Option<Vec<u8>>, Refused> {
+    let Ok(mut request) = serde_json::from_slice::<Value>(body) else {
+        return Ok(None);
+    };
+    let Some(spec) = request
+        .pointer_mut("/TaskTemplate/ContainerSpec")
+        .and_then(Value::as_object_mut)
+    else {
+        return Ok(None);
+    };
+    let mounts = take_list(spec, "Mounts");
+    let plan = plan(&[], &mounts, sources)?;
+    if plan.mapped.is_empty() {
+        put_back(spec, "Mounts", mounts);
+        return Ok(None);
+    }
+    let text = |key: &str| {
+        spec.get(key)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let (image, user) = (text("Image"), text("User"));
+    let (container, mapping) = container_mapping(sources, &image, &user)?;
+    let mut new_mounts = plan.kept_mounts;
+    for bind in &plan.mapped {
+        new_mounts.push(volume_mount(bind, owner, container, mapping));
+    }
+    put_back(spec, "Mounts", new_mounts);
+    Ok(Some(
+        serde_json::to_vec(&request).expect("JSON values serialise"),
+    ))
+}
+
+/// The container's ids, and the mapping: FUSE's where the image's program changes users.
+fn container_mapping(
+    sources: &dyn Sources,
+    image: &str,
+    user: &str,
+) -> Result<((u32, u32), Mapping), Refused> {
+    let (container, changes_users) = sources.container(image, user).map_err(|message| Refused {
+        status: 400,
+        message,
+    })?;
+    let mapping = if changes_users {
+        Mapping::Fuse
+    } else {
+        Mapping::Auto
+    };
+    Ok((container, mapping))
 }
 
 /// One bind mount to map: source folder, target, read-only.

@@ -245,3 +245,25 @@ fn a_removed_containers_driver_volumes_are_found() {
     let not_ours = json!({"Config": {"Labels": {}}, "Mounts": container["Mounts"]});
     assert!(volumes_of(&not_ours).is_empty());
 }
+
+/// A swarm service's bind mounts are rewritten like a container's.
+#[test]
+fn a_services_binds_become_volumes() {
+    let fake = Fake::new();
+    let body = json!({"Name": "s", "TaskTemplate": {"ContainerSpec": {
+        "Image": "img",
+        "Mounts": [
+            {"Type": "bind", "Source": "/home/u/w", "Target": "/w"},
+            {"Type": "bind", "Source": "/etc", "Target": "/etc"}
+        ]
+    }}});
+    let bytes = serde_json::to_vec(&body).unwrap();
+    let out: Value =
+        serde_json::from_slice(&service(&bytes, OWNER, &fake).unwrap().unwrap()).unwrap();
+    let mounts = &out["TaskTemplate"]["ContainerSpec"]["Mounts"];
+    assert_eq!(mounts[0]["Source"], "/etc");
+    assert_eq!(mounts[1], volume("/home/u/w", "/w", false, 0));
+    let none = json!({"Name": "s", "TaskTemplate": {"ContainerSpec": {"Image": "img"}}});
+    let bytes = serde_json::to_vec(&none).unwrap();
+    assert_eq!(service(&bytes, OWNER, &fake).unwrap(), None);
+}
