@@ -20,8 +20,9 @@ pub struct Cli {
     #[arg(long, env = "ASME_OWNER", value_name = "UID[:GID]")]
     pub owner: Option<OwnerSpec>,
 
-    /// Container engine to drive.
-    #[arg(long, env = "ASME_ENGINE", value_enum, default_value_t = Program::Docker)]
+    /// Container engine to drive [default: podman where CONTAINER_HOST is set without
+    /// DOCKER_HOST, or where only podman is installed; else docker]
+    #[arg(long, env = "ASME_ENGINE", value_enum, default_value_t = Program::from_environment(), hide_default_value = true)]
     pub engine: Program,
 
     /// Print the final engine command line (and what asme decided) on stderr.

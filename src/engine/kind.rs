@@ -10,6 +10,8 @@ use serde_json::Value;
 pub enum Program {
     #[default]
     Docker,
+    /// Podman's CLI, which takes docker's `run` arguments.
+    Podman,
 }
 
 impl Program {
@@ -17,13 +19,43 @@ impl Program {
     pub fn command(self) -> &'static str {
         match self {
             Program::Docker => "docker",
+            Program::Podman => "podman",
         }
     }
 
-    /// The name (`comm`) of the daemon process whose mount namespace resolves bind sources.
+    /// The name (`comm`) of a process in the mount namespace that resolves bind sources: the
+    /// daemon, or for daemonless Podman its per-container monitor (one watches the agent).
     pub fn daemon(self) -> &'static str {
         match self {
             Program::Docker => "dockerd",
+            Program::Podman => "conmon",
+        }
+    }
+
+    /// The engine the environment names when `--engine` does not: Podman where
+    /// `CONTAINER_HOST` is set and `DOCKER_HOST` is not (Podman's remote client reads it), or
+    /// where `podman` is on PATH and `docker` is not; docker otherwise.
+    pub fn from_environment() -> Program {
+        let set = |name: &str| std::env::var_os(name).is_some_and(|v| !v.is_empty());
+        let on_path = |command: &str| {
+            std::env::var_os("PATH").is_some_and(|path| {
+                std::env::split_paths(&path).any(|dir| dir.join(command).is_file())
+            })
+        };
+        Program::choose(
+            set("DOCKER_HOST"),
+            set("CONTAINER_HOST"),
+            on_path("docker"),
+            on_path("podman"),
+        )
+    }
+
+    /// [`Program::from_environment`]'s rule, on what it found.
+    pub fn choose(docker_host: bool, container_host: bool, docker: bool, podman: bool) -> Program {
+        if (container_host && !docker_host) || (podman && !docker) {
+            Program::Podman
+        } else {
+            Program::Docker
         }
     }
 }
@@ -48,6 +80,8 @@ pub fn daemon_pid(daemon: &str) -> Option<u32> {
 pub enum Kind {
     Rootful,
     Rootless,
+    /// A rootful daemon with `userns-remap`: container root is a subordinate uid on disk.
+    UsernsRemap,
     Podman,
     DockerDesktop,
 }
@@ -75,6 +109,8 @@ impl Kind {
             Kind::DockerDesktop
         } else if security_options(info).any(|o| o.contains("name=rootless")) {
             Kind::Rootless
+        } else if security_options(info).any(|o| o.contains("name=userns")) {
+            Kind::UsernsRemap
         } else {
             Kind::Rootful
         }
@@ -84,6 +120,7 @@ impl Kind {
         match self {
             Kind::Rootful => "rootful",
             Kind::Rootless => "rootless",
+            Kind::UsernsRemap => "userns-remap",
             Kind::Podman => "podman",
             Kind::DockerDesktop => "docker-desktop",
         }
@@ -97,4 +134,29 @@ pub fn security_options(info: &Value) -> impl Iterator<Item = &str> {
         .into_iter()
         .flatten()
         .filter_map(Value::as_str)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_environment_names_the_engine() {
+        // (DOCKER_HOST, CONTAINER_HOST, docker on PATH, podman on PATH)
+        for (found, want) in [
+            ((false, false, true, false), Program::Docker),
+            ((false, false, true, true), Program::Docker),
+            ((false, false, false, true), Program::Podman),
+            ((false, true, true, true), Program::Podman),
+            ((true, true, true, true), Program::Docker),
+            ((false, false, false, false), Program::Docker),
+        ] {
+            let (docker_host, container_host, docker, podman) = found;
+            assert_eq!(
+                Program::choose(docker_host, container_host, docker, podman),
+                want,
+                "{found:?}"
+            );
+        }
+    }
 }

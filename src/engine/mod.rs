@@ -47,7 +47,10 @@ impl Engine {
     pub fn detect(program: Program) -> Result<Engine> {
         let mut engine = Engine::cli(program);
         engine.check_local()?;
-        engine.socket = api::socket();
+        // Podman's socket speaks a compatible API, but asme reads it through its CLI.
+        if program == Program::Docker {
+            engine.socket = api::socket();
+        }
         Ok(engine)
     }
 
@@ -60,6 +63,16 @@ impl Engine {
     }
 
     fn check_local(&self) -> Result<()> {
+        if self.program == Program::Podman {
+            // Podman's remote client reads CONTAINER_HOST; it has no docker contexts.
+            return match std::env::var("CONTAINER_HOST")
+                .ok()
+                .filter(|h| !h.is_empty())
+            {
+                Some(host) => check_endpoint(&host, "CONTAINER_HOST"),
+                None => Ok(()),
+            };
+        }
         if let Some(host) = std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty()) {
             return check_endpoint(&host, "DOCKER_HOST");
         }
@@ -154,9 +167,9 @@ fn check_endpoint(host: &str, source: &str) -> Result<()> {
         return Ok(());
     }
     bail!(
-        "the Docker engine at {host} (from {source}) is not on this machine; asme run \
+        "the engine at {host} (from {source}) is not on this machine; asme run \
          bind-mounts files from this machine into the container, so it needs a local engine \
-         (unset DOCKER_HOST or choose a local docker context)"
+         (unset {source} or choose a local docker context)"
     )
 }
 
