@@ -169,7 +169,7 @@ fn check_endpoint(host: &str, source: &str) -> Result<()> {
     bail!(
         "the engine at {host} (from {source}) is not on this machine; asme run \
          bind-mounts files from this machine into the container, so it needs a local engine \
-         (unset {source} or choose a local docker context)"
+         (a unix:// socket here: change or unset {source})"
     )
 }
 
