@@ -3,7 +3,9 @@
 //! live-restore) stops it at shutdown and starts it again, volume of asme's driver included,
 //! when it comes back. The engine restarted is a dockerd of the test's own (socket, data root,
 //! exec root, bridge, and so the plugin's state), so restarting it leaves the main engine and
-//! the tests using it alone.
+//! the tests using it alone. Also a daemon with `userns-remap` (issue 14): asme does no
+//! worse there than plain docker. (dockerd itself creates the `dockremap` user and its
+//! subordinate ids the first time, and leaves them.)
 
 mod testenv;
 
@@ -40,6 +42,11 @@ impl Daemon {
     /// Clears what crashed earlier runs left, then starts a dockerd on a fresh folder and
     /// bridge and waits until it answers.
     fn start() -> Daemon {
+        Daemon::start_with_config("{}")
+    }
+
+    /// [`Daemon::start`] with `config` as its daemon.json.
+    fn start_with_config(config: &str) -> Daemon {
         clean_leftovers();
         let pid = std::process::id();
         let dir = PathBuf::from(format!("{BASE}/d{pid}"));
@@ -48,8 +55,8 @@ impl Daemon {
         // The test user reaches the socket through these.
         let open = std::os::unix::fs::PermissionsExt::from_mode(0o755);
         fs::set_permissions(BASE, open).unwrap();
-        // An empty configuration: a host's /etc/docker/daemon.json must not change this one.
-        fs::write(dir.join("daemon.json"), "{}").unwrap();
+        // Its own configuration: a host's /etc/docker/daemon.json must not change this one.
+        fs::write(dir.join("daemon.json"), config).unwrap();
         let mut daemon = Daemon {
             dir,
             bridge: format!("{BRIDGE}{pid}"),
@@ -488,8 +495,15 @@ fn run_detached(
     );
 }
 
+/// One own dockerd at a time: they share this process's folder and bridge names.
+fn one_daemon() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 #[test]
 fn a_restart_policy_writes_as_the_owner_across_a_dockerd_restart() {
+    let _one = one_daemon();
     let user = user1234();
     let busybox = image("busybox");
     let dir = TestDir::new(user, "volume-daemon");
@@ -525,4 +539,79 @@ fn a_restart_policy_writes_as_the_owner_across_a_dockerd_restart() {
         dir.join("after-restart").exists(),
         "the folder lost its files"
     );
+}
+
+/// A userns-remap engine stores container ids as subordinate ids, which asme's mappings do
+/// not name yet (issue 14): asme must never do worse than plain docker there. Auto runs the
+/// container as plain docker would, and says why in one notice; an explicit strategy, and an
+/// `asme fix` that would need a container's root, are refused in one line; the folder stays
+/// as it was.
+#[test]
+fn a_userns_remap_engine_is_run_as_plain_docker_would_run_it() {
+    let _one = one_daemon();
+    let user = user1234();
+    let busybox = image("busybox");
+    let dir = TestDir::new(user, "engine-remap");
+    let daemon = Daemon::start_with_config(r#"{"userns-remap": "default"}"#);
+    daemon.load(&busybox);
+    let mount = format!("{}:/w", dir.path.display());
+    let script = "touch /w/f 2>/dev/null; echo $?";
+    let run = |cmd: Command| Run::of(cmd);
+    let plain = run(daemon.docker_as(
+        user,
+        &["run", "--rm", "-v", &mount, &busybox, "sh", "-c", script],
+    ));
+    let asme = run(daemon.asme_as(
+        user,
+        &["run", "--rm", "-v", &mount, &busybox, "sh", "-c", script],
+    ));
+    assert_eq!(
+        plain.status,
+        Some(0),
+        "{}\n{}",
+        plain.explain(),
+        daemon.log()
+    );
+    assert_eq!(asme.status, Some(0), "{}\n{}", asme.explain(), daemon.log());
+    assert_eq!(
+        asme.stdout, plain.stdout,
+        "asme did otherwise than plain docker"
+    );
+    asme.assert_one_notice("userns-remap engine");
+
+    let fix = run(daemon.asme_as(
+        user,
+        &[
+            "--strategy",
+            "fix",
+            "run",
+            "--rm",
+            "-v",
+            &mount,
+            &busybox,
+            "true",
+        ],
+    ));
+    assert_ne!(fix.status, Some(0), "{}", fix.explain());
+    assert_eq!(fix.stderr.lines().count(), 1, "{}", fix.explain());
+    assert!(fix.stderr.contains("userns-remap"), "{}", fix.explain());
+
+    // A file of another id that only root could give back.
+    let foreign = dir.join("foreign");
+    fs::write(&foreign, "").unwrap();
+    std::os::unix::fs::chown(&foreign, Some(999), Some(999)).unwrap();
+    let fixed = run(daemon.asme_as(user, &["fix", &dir.path.display().to_string()]));
+    assert_ne!(fixed.status, Some(0), "{}", fixed.explain());
+    assert!(
+        fixed.stderr.contains("sudo asme fix"),
+        "{}",
+        fixed.explain()
+    );
+    let owner = |p: &Path| {
+        let meta = fs::metadata(p).unwrap();
+        (meta.uid(), meta.gid())
+    };
+    assert_eq!(owner(&foreign), (999, 999));
+    assert_eq!(owner(&dir.path), (user.uid, user.gid));
+    drop(daemon);
 }

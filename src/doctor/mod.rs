@@ -340,8 +340,21 @@ mod tests {
         let plain = json!({"OperatingSystem": "Debian", "SecurityOptions": ["name=seccomp,profile=default"]});
         let rootless = json!({"SecurityOptions": ["name=seccomp", "name=rootless"]});
         let desktop = json!({"OperatingSystem": "Docker Desktop"});
+        // As a userns-remap dockerd 20.10 answers (issue 14's trial).
+        let remap = json!({"SecurityOptions": ["name=seccomp,profile=default", "name=userns"]});
         assert_eq!(Kind::of(&docker, &plain), Kind::Rootful);
         assert_eq!(Kind::of(&docker, &rootless), Kind::Rootless);
+        assert_eq!(Kind::of(&docker, &remap), Kind::UsernsRemap);
+        for (kind, remaps) in [
+            (Kind::Rootful, false),
+            (Kind::Rootless, true),
+            (Kind::UsernsRemap, true),
+            (Kind::Podman, false),
+            (Kind::PodmanRootless, true),
+            (Kind::DockerDesktop, false),
+        ] {
+            assert_eq!(kind.remaps_ids(), remaps, "{kind:?}");
+        }
         assert_eq!(Kind::of(&docker, &desktop), Kind::DockerDesktop);
         assert_eq!(Kind::of(&podman, &rootless), Kind::Podman);
         assert_eq!(Kind::of(&Value::Null, &Value::Null), Kind::Rootful);

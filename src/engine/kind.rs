@@ -83,6 +83,8 @@ pub enum Kind {
     /// A rootful daemon with `userns-remap`: container root is a subordinate uid on disk.
     UsernsRemap,
     Podman,
+    /// Podman run by a user: container root is that user on disk, other ids subordinate ones.
+    PodmanRootless,
     DockerDesktop,
 }
 
@@ -116,12 +118,23 @@ impl Kind {
         }
     }
 
+    /// Whether containers run in a user namespace of the engine's own, so that container ids
+    /// are stored on disk as other (subordinate) ids: asme's mappings, which name container
+    /// ids, would then store the owner's files as those (issue 14), so asme keeps out.
+    pub fn remaps_ids(self) -> bool {
+        matches!(
+            self,
+            Kind::Rootless | Kind::UsernsRemap | Kind::PodmanRootless
+        )
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Kind::Rootful => "rootful",
             Kind::Rootless => "rootless",
             Kind::UsernsRemap => "userns-remap",
             Kind::Podman => "podman",
+            Kind::PodmanRootless => "podman-rootless",
             Kind::DockerDesktop => "docker-desktop",
         }
     }

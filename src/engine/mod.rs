@@ -110,6 +110,36 @@ impl Engine {
         api::get(self.socket.as_ref()?, path).ok()
     }
 
+    /// What kind of engine answers, where it can be told cheaply: Docker's API socket (two
+    /// GETs of about a millisecond), or `podman info` for Podman (whose Docker-compatible
+    /// answers do not say whether it runs rootless). `None` where neither answers (a context:
+    /// then asme does not know, and assumes a rootful engine).
+    pub fn kind(&self) -> Option<Kind> {
+        match self.program {
+            Program::Docker => {
+                let json = |path: &str| {
+                    self.api_get(path)
+                        .filter(|(status, _)| *status == 200)
+                        .and_then(|(_, body)| serde_json::from_slice(&body).ok())
+                };
+                let version: serde_json::Value = json("/version")?;
+                let info: serde_json::Value = json("/info")?;
+                // `docker version` nests the server's answer under "Server".
+                Some(Kind::of(&serde_json::json!({ "Server": version }), &info))
+            }
+            Program::Podman => {
+                let rootless = self
+                    .output(["info", "--format", "{{.Host.Security.Rootless}}"])
+                    .ok()?;
+                Some(if rootless.trim() == "true" {
+                    Kind::PodmanRootless
+                } else {
+                    Kind::Podman
+                })
+            }
+        }
+    }
+
     /// Runs `docker ARGV` as a child that gets the signals sent to asme (for strategies with
     /// work after the run); returns its exit status.
     pub fn run_child(&self, argv: &[String]) -> Result<i32> {

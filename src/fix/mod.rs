@@ -119,6 +119,15 @@ pub fn fix_trees(settings: Settings, trees: &[Tree], expect: &[(u64, u64)]) -> R
         return Ok(ok);
     }
     let engine = Engine::detect(settings.program)?;
+    // Root in such an engine's containers is not host root: a fix there would hand the files
+    // (and the folder) to a subordinate id instead of the owner.
+    if let Some(kind) = engine.kind().filter(|k| k.remaps_ids()) {
+        bail!(
+            "asme fix needs host root, which a {} engine's containers are not (they would give \
+             the files to a subordinate id): run `sudo asme fix` instead",
+            kind.name()
+        );
+    }
     let exe = std::env::current_exe().context("finding the asme binary")?;
     // ASME_NO_AGENT=1: hosts where the agent cannot run (or is not wanted) use a container.
     if std::env::var_os("ASME_NO_AGENT").is_some_and(|v| v == "1") {

@@ -130,6 +130,9 @@ pub fn prepare<'a>(
     args: &RunArgs,
     strategy: Strategy,
 ) -> Result<(Name, Prepared<'a>)> {
+    if let Some(kind) = ctx.engine.kind().filter(|k| k.remaps_ids()) {
+        return on_remapping_engine(ctx, args, strategy, kind);
+    }
     if let Some(name) = Name::chosen(strategy) {
         return match name.prepare(ctx, args) {
             Ok(prepared) => Ok((name, prepared)),
@@ -179,6 +182,46 @@ pub fn prepare<'a>(
 }
 
 /// The uid and gid the container runs as: `--user`, else the image's USER, else root.
+/// On an engine that runs containers in a user namespace of its own (rootless Docker or
+/// Podman, userns-remap), container ids are stored on disk as subordinate ids. asme's
+/// mappings name container ids, so they would store the owner's files as those: `fix` would
+/// even hand the owner's folder to a subordinate id. Until they map host-side ids (issue
+/// 14), asme runs the container as plain docker would, and says what the engine does;
+/// an explicit strategy is refused.
+fn on_remapping_engine<'a>(
+    ctx: &'a Context,
+    args: &RunArgs,
+    strategy: Strategy,
+    kind: crate::engine::Kind,
+) -> Result<(Name, Prepared<'a>)> {
+    if let Some(name) = Name::chosen(strategy) {
+        bail!(
+            "--strategy {} does not work on a {} engine yet: it would store your files as the \
+             engine's subordinate ids (use the default, auto, which runs the container as \
+             plain docker would)",
+            name.as_str(),
+            kind.name()
+        );
+    }
+    eprintln!("asme: notice: {}", remapping_notice(kind));
+    Ok((Name::Keep, keep::keep_user(ctx, args)))
+}
+
+/// What a remapping engine does with bind-mount writes, in one line.
+fn remapping_notice(kind: crate::engine::Kind) -> String {
+    let what = if kind == crate::engine::Kind::UsernsRemap {
+        "a userns-remap engine stores every container id, root's too, as a subordinate id"
+    } else {
+        "a rootless engine already stores what container root writes as you, and other \
+         container users' writes as subordinate ids"
+    };
+    format!(
+        "{what}; asme does not map those yet, so the container runs as plain docker would run \
+         it ({} engine)",
+        kind.name()
+    )
+}
+
 /// Whether the run starts the image's own program and the probe found that it changes users
 /// (`init::probe::ProgramFacts`): the one case where several uids will write.
 fn runs_a_program_that_changes_users(ctx: &Context, args: &RunArgs) -> bool {
