@@ -613,5 +613,12 @@ fn a_userns_remap_engine_is_run_as_plain_docker_would_run_it() {
     };
     assert_eq!(owner(&foreign), (999, 999));
     assert_eq!(owner(&dir.path), (user.uid, user.gid));
+
+    // doctor names the kind and what auto does there, and tries no strategy.
+    let doctor =
+        daemon.ok(daemon.asme_as(user, &["doctor", "--json", &dir.path.display().to_string()]));
+    let report: serde_json::Value = serde_json::from_str(&doctor).unwrap();
+    assert_eq!(report["engine"]["kind"], "userns-remap", "{doctor}");
+    assert_eq!(report["auto"], "plain", "{doctor}");
     drop(daemon);
 }

@@ -199,8 +199,15 @@ fn examine(program: Program, owner: Owner, path: Option<&Path>) -> Result<Report
             Err(e) => format!("unknown ({e:#})"),
         });
     let mut tested_in = None;
+    let remapping = engine.kind.filter(|k| k.remaps_ids());
     let (strategies, auto) = match docker {
         None => (Strategies::failed("no engine"), "none".to_string()),
+        // Its containers would leave files of subordinate ids in the scratch folder, and
+        // asme run keeps out there anyway (`run::strategy`).
+        Some(_) if remapping.is_some() => (
+            Strategies::failed("not tried: this engine stores container ids as other ids"),
+            "plain".to_string(),
+        ),
         Some(docker) => match scratch(&path, owner) {
             Err(e) => (Strategies::failed(&format!("{e:#}")), "none".to_string()),
             Ok(scratch) => {

@@ -87,6 +87,9 @@ pub fn table(report: &Report) -> String {
     out.push_str(&match report.auto.as_str() {
         "none" => "auto: no strategy works here, so asme run will fail\n".to_string(),
         "keep" => "auto: you are root, so asme run keeps the container's own user\n".to_string(),
+        "plain" => "auto: this engine stores container ids as other ids, which asme does not \
+                    map yet: asme run runs containers as plain docker would\n"
+            .to_string(),
         strategy => format!("auto: asme run will use the {strategy} strategy\n"),
     });
     out
