@@ -211,10 +211,20 @@ struct RawConfig {
 }
 
 fn parse_image_config(json: &[u8]) -> Result<ImageConfig> {
-    let raw: RawImage = serde_json::from_slice(json)?;
+    // Podman 4 prints `{{json .}}` of one image as a list of one.
+    let raw: RawImage = match serde_json::from_slice::<Vec<RawImage>>(json) {
+        Ok(mut list) if list.len() == 1 => list.remove(0),
+        _ => serde_json::from_slice(json)?,
+    };
     let config = raw.config.unwrap_or_default();
+    // Podman gives the bare digest; docker (and the cache's keys) say `sha256:` first.
+    let id = if raw.id.contains(':') {
+        raw.id
+    } else {
+        format!("sha256:{}", raw.id)
+    };
     Ok(ImageConfig {
-        id: raw.id,
+        id,
         entrypoint: config.entrypoint,
         cmd: config.cmd,
         user: config.user.unwrap_or_default(),
@@ -234,6 +244,11 @@ mod tests {
         assert_eq!(config.entrypoint, Some(vec!["/ep".to_string()]));
         assert_eq!(config.cmd, None);
         assert_eq!(config.user, "app");
+        // Podman 4: a list of one, and the bare digest.
+        let podman = br#"[{"Id":"69631f","Config":{"Env":["PATH=/bin"],"Cmd":["sh"]}}]"#;
+        let config = parse_image_config(podman).unwrap();
+        assert_eq!(config.id, "sha256:69631f");
+        assert_eq!(config.cmd, Some(vec!["sh".to_string()]));
         // docker import without changes leaves Config null.
         let bare = parse_image_config(br#"{"Id":"sha256:x","Config":null}"#).unwrap();
         assert_eq!(

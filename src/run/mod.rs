@@ -87,7 +87,11 @@ pub fn run(request: Request, argv: &[String]) -> Result<Exit> {
     }
     let (_, prepared) = strategy::prepare(&ctx, &args, request.strategy)?;
     let final_argv = plan::rewrite(&prepared.args, &command, &prepared.inject);
-    ctx.say(format_args!("docker {}", shell_words(&final_argv)));
+    ctx.say(format_args!(
+        "{} {}",
+        ctx.engine.program.command(),
+        shell_words(&final_argv)
+    ));
     match prepared.launch {
         Launch::Exec { lease } => {
             if let Some(lease) = &lease {

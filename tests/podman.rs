@@ -1,0 +1,154 @@
+//! e2e: `asme --engine podman` with rootless Podman (Debian's podman 4.3), as the ordinary
+//! user it belongs to (issue 14). Rootless Podman already stores what container root writes
+//! as the user, and other container users' writes as subordinate ids; asme's mappings name
+//! container ids, so asme keeps out there: the container runs as plain podman would run
+//! it, with one notice, and never does worse than plain podman.
+//!
+//! Set up as a distribution does: subordinate ids for the user (`usermod --add-subuids`),
+//! the user's runtime folder, and the test images loaded from docker (`docker save | podman
+//! load`). The network is `none`: slirp4netns needs /dev/net/tun, which is 0600 on some hosts.
+
+mod testenv;
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
+use testenv::{Run, TestDir, User, as_user, asme_as, image, ok, user1234};
+
+/// The user's rootless Podman, ready: subordinate ids, runtime folder, images.
+fn podman_for(user: &User) {
+    static READY: OnceLock<()> = OnceLock::new();
+    READY.get_or_init(|| {
+        assert!(
+            Command::new("podman").arg("--version").output().is_ok(),
+            "podman is missing: apt-get install podman uidmap (bash .ci/run installs them)"
+        );
+        let subuid = fs::read_to_string("/etc/subuid").unwrap_or_default();
+        if !subuid
+            .lines()
+            .any(|l| l.starts_with(&format!("{}:", user.name)))
+        {
+            ok(Command::new("usermod").args([
+                "--add-subuids",
+                "524288-589823",
+                "--add-subgids",
+                "524288-589823",
+                &user.name,
+            ]));
+        }
+        let runtime = runtime_dir(user);
+        fs::create_dir_all(&runtime).unwrap();
+        std::os::unix::fs::chown(&runtime, Some(user.uid), Some(user.gid)).unwrap();
+        fs::set_permissions(
+            &runtime,
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )
+        .unwrap();
+        ok(podman_as(user, &["system", "migrate"]));
+        for name in ["busybox", "user1000"] {
+            load(user, &image(name));
+        }
+    });
+}
+
+fn runtime_dir(user: &User) -> String {
+    format!("/run/user/{}", user.uid)
+}
+
+/// `podman ARGS` as `user`, in their own runtime folder.
+fn podman_as(user: &User, args: &[&str]) -> Command {
+    let mut cmd = as_user(user, &user.home);
+    cmd.env("XDG_RUNTIME_DIR", runtime_dir(user))
+        .arg("podman")
+        .args(args);
+    cmd
+}
+
+/// `docker save IMAGE | podman load` as `user`.
+fn load(user: &User, image: &str) {
+    let mut save = Command::new("docker")
+        .args(["save", image])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut load = podman_as(user, &["load", "-q"]);
+    load.stdin(save.stdout.take().unwrap());
+    ok(load);
+    assert!(save.wait().unwrap().success(), "docker save {image}");
+}
+
+/// Podman names a loaded image `localhost/NAME`.
+fn local(name: &str) -> String {
+    format!("localhost/{}", image(name))
+}
+
+/// `asme --engine podman ARGS` as `user`.
+fn asme_podman(user: &User, cwd: &Path, args: &[&str]) -> Run {
+    let mut cmd = asme_as(user, cwd, &[&["--engine", "podman"][..], args].concat());
+    cmd.env("XDG_RUNTIME_DIR", runtime_dir(user));
+    Run::of(cmd)
+}
+
+#[test]
+fn rootless_podman_runs_as_plain_podman_would_and_root_writes_as_the_user() {
+    let user = user1234();
+    podman_for(user);
+    let dir = TestDir::new(user, "podman-root");
+    let mount = format!("{}:/w", dir.path.display());
+    let busybox = local("busybox");
+    let args = ["run", "--rm", "--network", "none", "-v", &mount, &busybox];
+    let run = asme_podman(
+        user,
+        &dir.path,
+        &[&args[..], &["sh", "-c", "touch /w/f; id -u"]].concat(),
+    );
+    run.assert_one_notice("podman-rootless engine");
+    assert_eq!(run.ok(), "0\n");
+    let meta = fs::metadata(dir.join("f")).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (user.uid, user.gid));
+}
+
+/// An image whose USER is not root: rootless Podman stores its writes as a subordinate id
+/// (and a 0755 folder of the user's refuses them); asme does exactly what plain podman does.
+#[test]
+fn rootless_podman_with_a_user_image_does_no_worse_than_plain() {
+    let user = user1234();
+    podman_for(user);
+    let dir = TestDir::new(user, "podman-user");
+    let mount = format!("{}:/w", dir.path.display());
+    let image = local("user1000");
+    let script = "touch /w/f 2>/dev/null; echo $?; id -u";
+    let args = [
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "-v",
+        &mount,
+        &image,
+        "sh",
+        "-c",
+        script,
+    ];
+    let plain = Run::of(podman_as(user, &args));
+    let asme = asme_podman(user, &dir.path, &args);
+    assert_eq!(plain.status, Some(0), "{}", plain.explain());
+    assert_eq!(asme.status, Some(0), "{}", asme.explain());
+    assert_eq!(
+        asme.stdout, plain.stdout,
+        "asme did otherwise than plain podman"
+    );
+    // Explicit strategies would store the user's files as subordinate ids: refused.
+    let fix = asme_podman(
+        user,
+        &dir.path,
+        &[&["--strategy", "fix"][..], &args].concat(),
+    );
+    assert_ne!(fix.status, Some(0), "{}", fix.explain());
+    assert_eq!(fix.stderr.lines().count(), 1, "{}", fix.explain());
+    let meta = fs::metadata(&dir.path).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (user.uid, user.gid));
+}
