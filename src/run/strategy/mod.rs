@@ -203,8 +203,27 @@ fn on_remapping_engine<'a>(
             kind.name()
         );
     }
+    let mut prepared = keep::keep_user(ctx, args);
+    let container = container_ids(ctx, args).map_err(|refusal| anyhow::anyhow!("{refusal}"))?;
+    if kind == crate::engine::Kind::PodmanRootless
+        && container.0 != 0
+        && args.last("userns").is_none()
+    {
+        // Podman's own answer: its user namespace maps the user to the container's user,
+        // so what that user writes is stored as the user (as root's is without it).
+        let keep_id = format!("keep-id:uid={},gid={}", container.0, container.1);
+        ctx.say(format_args!(
+            "rootless podman: --userns={keep_id} stores what uid {} writes as you",
+            container.0
+        ));
+        prepared
+            .args
+            .opts
+            .push(super::args::Opt::new("userns", Some(&keep_id)));
+        return Ok((Name::Keep, prepared));
+    }
     eprintln!("asme: notice: {}", remapping_notice(kind));
-    Ok((Name::Keep, keep::keep_user(ctx, args)))
+    Ok((Name::Keep, prepared))
 }
 
 /// What a remapping engine does with bind-mount writes, in one line.
