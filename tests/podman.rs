@@ -109,6 +109,13 @@ fn rootless_podman_runs_as_plain_podman_would_and_root_writes_as_the_user() {
     assert_eq!(run.ok(), "0\n");
     let meta = fs::metadata(dir.join("f")).unwrap();
     assert_eq!((meta.uid(), meta.gid()), (user.uid, user.gid));
+
+    // doctor names the kind (from Podman itself) and tries no strategy there.
+    let path = dir.path.display().to_string();
+    let doctor = asme_podman(user, &dir.path, &["doctor", "--json", &path]).ok();
+    let report: serde_json::Value = serde_json::from_str(&doctor).unwrap();
+    assert_eq!(report["engine"]["kind"], "podman-rootless", "{doctor}");
+    assert_eq!(report["auto"], "plain", "{doctor}");
 }
 
 /// An image whose USER is not root: plain rootless Podman stores its writes as a subordinate

@@ -195,6 +195,9 @@ fn examine(program: Program, owner: Owner, path: Option<&Path>) -> Result<Report
     let plugin = docker
         .as_ref()
         .map(|engine| match crate::plugin::install::status(engine) {
+            _ if engine.program == Program::Podman => {
+                "not available (Podman has no managed plugins)".to_string()
+            }
             Ok(status) => status.describe().to_string(),
             Err(e) => format!("unknown ({e:#})"),
         });
@@ -278,7 +281,9 @@ fn probe_engine(program: Program) -> Result<(Engine, EngineReport, Value)> {
     let engine = EngineReport {
         client: text(&version["Client"]["Version"]),
         server: text(&version["Server"]["Version"]),
-        kind: Some(Kind::of(&version, &info)),
+        // The engine's own answer where it has a cheap one (Podman says there whether it
+        // runs rootless, which its Docker-compatible answers do not).
+        kind: Some(docker.kind().unwrap_or_else(|| Kind::of(&version, &info))),
         error: None,
     };
     Ok((docker, engine, info))
