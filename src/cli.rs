@@ -231,6 +231,9 @@ pub enum AgentCommand {
         /// The engine daemon's process name: the agent works in its mount namespace.
         #[arg(long, default_value = "dockerd")]
         daemon: String,
+        /// This engine's agent folder (socket, lock, leases).
+        #[arg(long, default_value = crate::agent::protocol::DEFAULT_RUN_DIR)]
+        run_dir: std::path::PathBuf,
     },
 }
 

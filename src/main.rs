@@ -90,8 +90,8 @@ fn dispatch(cli: &Cli) -> Result<Exit> {
         }
         Command::Context { command } => context(cli, command).map(done),
         Command::Agent {
-            command: AgentCommand::Serve { daemon },
-        } => agent::server::serve(daemon).map(done),
+            command: AgentCommand::Serve { daemon, run_dir },
+        } => agent::server::serve(daemon, run_dir).map(done),
         Command::Agent {
             command: AgentCommand::Stop,
         } => Engine::detect(cli.engine)

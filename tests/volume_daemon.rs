@@ -296,6 +296,24 @@ impl Drop for Daemon {
         // A dockerd killed after its deadline leaves its containerd and shims.
         stop_stale(&self.dir);
         remove(&self.dir, &self.bridge);
+        remove_dead_agent_folders();
+    }
+}
+
+/// The agent folders (`/run/asme/engines/ID`) of engines whose agent is gone (no socket):
+/// each dockerd of these tests has one, named after its socket, which asme leaves behind as
+/// it leaves any engine's (a lock file and an empty leases folder, in /run).
+fn remove_dead_agent_folders() {
+    let Ok(entries) = fs::read_dir("/run/asme/engines") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let dir = entry.path();
+        let leases_empty =
+            fs::read_dir(dir.join("leases")).map_or(true, |mut l| l.next().is_none());
+        if !dir.join("agent.sock").exists() && leases_empty {
+            let _ = fs::remove_dir_all(&dir);
+        }
     }
 }
 
@@ -514,8 +532,17 @@ fn a_restart_policy_writes_as_the_owner_across_a_dockerd_restart() {
     daemon.ok(daemon.asme_as(user, &["plugin", "install"]));
     let script = "echo start >> /w/starts; exec sleep 600";
     run_detached(&daemon, user, &name, &dir, &[&busybox, "sh", "-c", script]);
-    // An agent this run started in the test's engine holds the host's one agent socket
-    // (/run/asme/agent.sock) while it runs: clients of the main engine would find it.
+    // This engine's agent is its own, not the main engine's.
+    let agents = fs::read_dir("/run/asme/engines").map_or(0, |d| {
+        d.flatten()
+            .filter(|e| e.path().join("agent.sock").exists())
+            .count()
+    });
+    assert!(
+        agents >= 1,
+        "no agent of this engine under /run/asme/engines"
+    );
+    // Its lease is no longer needed (the container is up, on a volume of the driver).
     daemon.ok(daemon.asme_as(user, &["agent", "stop"]));
 
     let starts = dir.join("starts");

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 
-use super::protocol::SOCKET;
+use super::protocol::RunDir;
 use crate::engine::{Engine, SELF_IMAGE_LABEL};
 
 /// The agent container's name: one per engine.
@@ -27,10 +27,14 @@ pub const DEADLINE: Duration = Duration::from_secs(20);
 
 /// Connects to the agent, starting it first if it does not answer.
 pub fn connect_or_start(engine: &Engine, exe: &Path) -> Result<UnixStream> {
-    match UnixStream::connect(SOCKET) {
+    let socket = run_dir(engine).socket();
+    match UnixStream::connect(&socket) {
         Ok(conn) => return Ok(conn),
         Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
-            bail!("cannot use the asme agent at {SOCKET}: {e} (is your user in the docker group?)")
+            bail!(
+                "cannot use the asme agent at {}: {e} (is your user in the docker group?)",
+                socket.display()
+            )
         }
         Err(_) => {}
     }
@@ -38,7 +42,7 @@ pub fn connect_or_start(engine: &Engine, exe: &Path) -> Result<UnixStream> {
     let deadline = Instant::now() + DEADLINE;
     ensure_running(engine, &image, deadline)?;
     for attempt in 0.. {
-        match UnixStream::connect(SOCKET) {
+        match UnixStream::connect(&socket) {
             Ok(conn) => return Ok(conn),
             Err(e) if Instant::now() >= deadline => {
                 bail!(
@@ -55,6 +59,11 @@ pub fn connect_or_start(engine: &Engine, exe: &Path) -> Result<UnixStream> {
         std::thread::sleep(Duration::from_millis(20));
     }
     unreachable!()
+}
+
+/// The agent folder of `engine` (each engine on a host has its own agent).
+pub fn run_dir(engine: &Engine) -> RunDir {
+    RunDir::for_endpoint(engine.endpoint.as_deref())
 }
 
 /// The agent container as the engine knows it.
@@ -155,6 +164,8 @@ fn create(engine: &Engine, image: &str) -> Result<bool> {
             "serve",
             "--daemon",
             engine.program.daemon(),
+            "--run-dir",
+            &run_dir(engine).0.to_string_lossy(),
         ])
         .map(|_| true)
 }

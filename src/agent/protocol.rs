@@ -1,6 +1,8 @@
 //! What asme and its agent say to each other: one JSON message each way, folders attached
 //! as descriptors. The connection stays open for as long as the lease is needed.
 
+use std::path::{Path, PathBuf};
+
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever a message changes meaning; an agent speaking another version is replaced.
@@ -10,12 +12,52 @@ pub const PROTOCOL: u32 = 5;
 /// upgrade never leaves an old agent serving new clients.
 pub const BUILD: &str = env!("ASME_BUILD");
 
-/// Where the agent listens on the host: root:docker, mode 0660.
-pub const SOCKET: &str = "/run/asme/agent.sock";
+/// The agent's folder on the host: its socket, lock and leases. One per engine, so that the
+/// agents of two engines on one host (a rootful Docker and Podman's socket, a test's own
+/// dockerd) never answer each other's clients: the default engine's is `/run/asme`, any
+/// other's `/run/asme/engines/ID` ([`RunDir::for_endpoint`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunDir(pub PathBuf);
 
-/// Where the agent attaches prepared mounts: root only (0700), so no host user can write
-/// through an idmapped view of someone's folder.
-pub const LEASES: &str = "/run/asme/leases";
+/// The default engine's agent folder.
+pub const DEFAULT_RUN_DIR: &str = "/run/asme";
+
+impl RunDir {
+    /// The agent folder of the engine at `endpoint` (its socket, or what names it): the
+    /// default Docker socket, or none, is the default engine.
+    pub fn for_endpoint(endpoint: Option<&str>) -> RunDir {
+        let endpoint = endpoint.map(|e| e.strip_prefix("unix://").unwrap_or(e));
+        match endpoint {
+            None | Some("" | "/var/run/docker.sock" | "/run/docker.sock") => {
+                RunDir(PathBuf::from(DEFAULT_RUN_DIR))
+            }
+            Some(other) => {
+                // FNV-1a: a short, stable name for the endpoint.
+                let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+                for byte in other.bytes() {
+                    hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+                }
+                RunDir(Path::new(DEFAULT_RUN_DIR).join(format!("engines/{hash:016x}")))
+            }
+        }
+    }
+
+    /// Where the agent listens: root:docker, mode 0660.
+    pub fn socket(&self) -> PathBuf {
+        self.0.join("agent.sock")
+    }
+
+    /// Where the agent attaches prepared mounts: root only (0700), so no host user can write
+    /// through an idmapped view of someone's folder.
+    pub fn leases(&self) -> PathBuf {
+        self.0.join("leases")
+    }
+
+    /// Held by the serving agent.
+    pub fn lock(&self) -> PathBuf {
+        self.0.join("agent.lock")
+    }
+}
 
 /// The most folders one request may carry.
 pub const MAX_SOURCES: usize = 64;
@@ -139,6 +181,28 @@ pub enum ErrorKind {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_engine_has_its_own_agent_folder() {
+        let default = RunDir(PathBuf::from("/run/asme"));
+        for endpoint in [
+            None,
+            Some("unix:///var/run/docker.sock"),
+            Some("/run/docker.sock"),
+        ] {
+            assert_eq!(RunDir::for_endpoint(endpoint), default, "{endpoint:?}");
+        }
+        let own = RunDir::for_endpoint(Some("unix:///tmp/asme-e2e/d1/docker.sock"));
+        let podman = RunDir::for_endpoint(Some("unix:///run/podman/podman.sock"));
+        assert!(own.0.starts_with("/run/asme/engines/"), "{own:?}");
+        assert_ne!(own, podman);
+        assert_eq!(
+            own,
+            RunDir::for_endpoint(Some("/tmp/asme-e2e/d1/docker.sock"))
+        );
+        assert_eq!(default.socket(), PathBuf::from("/run/asme/agent.sock"));
+        assert_eq!(default.leases(), PathBuf::from("/run/asme/leases"));
+    }
 
     #[test]
     fn wire_format_is_stable() {

@@ -20,24 +20,22 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use nix::sys::signal::{SigSet, Signal};
 
-use super::protocol::{
-    BUILD, ErrorKind, Header, LEASES, MAX_SOURCES, PROTOCOL, Request, Response, SOCKET,
-};
+use super::protocol::{BUILD, ErrorKind, Header, MAX_SOURCES, PROTOCOL, Request, Response, RunDir};
 use crate::chown;
 use crate::idmap::{self, IdMap};
 use crate::owner::{self, Owner};
 use crate::sys::fs as sysfs;
 use crate::sys::{mount, socket};
 
-/// Held by the serving agent (see `serve`).
-const LOCK: &str = "/run/asme/agent.lock";
-
 /// Largest request message: a small JSON object.
 const MAX_REQUEST: usize = 4096;
 
 /// Serves until SIGTERM/SIGINT/SIGHUP. `daemon` names the engine's daemon process, in whose
-/// mount namespace the leases must live.
-pub fn serve(daemon: &str) -> Result<()> {
+/// mount namespace the leases must live; `run_dir` is this engine's agent folder.
+pub fn serve(daemon: &str, run_dir: &Path) -> Result<()> {
+    let dir = RunDir(run_dir.to_path_buf());
+    let (socket, lock) = (dir.socket(), dir.lock());
+    let leases = LEASES.get_or_init(|| dir.leases()).clone();
     // setns(2) into a mount namespace refuses multi-threaded callers: do it first. The leases
     // must live where the engine resolves bind sources: the daemon's mount namespace (host
     // PID 1 may also refuse to be opened, as on some VMs).
@@ -55,29 +53,30 @@ pub fn serve(daemon: &str) -> Result<()> {
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o755)
-        .create("/run/asme")?;
+        .create(&dir.0)?;
     // One agent at a time: a new one waits here until an old one (being replaced, or still
     // on its way out) has released its leases and exited, so that no agent ever detaches a
     // lease that another agent's live client holds.
     let _only_agent =
-        mount::lock_exclusive(Path::new(LOCK)).with_context(|| format!("locking {LOCK}"))?;
+        mount::lock_exclusive(&lock).with_context(|| format!("locking {}", lock.display()))?;
     remove_stale_leases()?;
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
-        .create(LEASES)
+        .create(&leases)
         .context("creating the leases folder")?;
     // An older folder may have another mode; no host user may reach into a lease.
-    fs::set_permissions(LEASES, fs::Permissions::from_mode(0o700))?;
-    let listener = listen(Path::new(SOCKET))?;
+    fs::set_permissions(&leases, fs::Permissions::from_mode(0o700))?;
+    let listener = listen(&socket)?;
+    let removing = socket.clone();
     std::thread::spawn(move || {
         let _ = stop.wait();
         // Prepared mounts must not outlive the agent; containers keep their own binds.
-        let _ = fs::remove_file(SOCKET);
+        let _ = fs::remove_file(&removing);
         let _ = remove_stale_leases();
         std::process::exit(0);
     });
-    eprintln!("asme agent: listening on {SOCKET}");
+    eprintln!("asme agent: listening on {}", socket.display());
     for conn in listener.incoming() {
         match conn {
             Ok(conn) => {
@@ -104,11 +103,22 @@ fn listen(path: &Path) -> Result<UnixListener> {
     Ok(listener)
 }
 
-/// Detaches and removes every lease under [`LEASES`]: those of an agent that was killed, and
+/// This agent's leases folder (`RunDir::leases`), set once by `serve`: the agent serves one
+/// engine.
+static LEASES: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+fn leases() -> PathBuf {
+    LEASES
+        .get()
+        .cloned()
+        .unwrap_or_else(|| RunDir(PathBuf::from(super::protocol::DEFAULT_RUN_DIR)).leases())
+}
+
+/// Detaches and removes every lease under [`leases`]: those of an agent that was killed, and
 /// folders that `docker start` of an old container made where a lease had been (asme used
 /// `-v` for leases before it used `--mount`, which refuses a missing source).
 fn remove_stale_leases() -> io::Result<()> {
-    let entries = match fs::read_dir(LEASES) {
+    let entries = match fs::read_dir(leases()) {
         Ok(entries) => entries,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e),
@@ -367,7 +377,7 @@ fn new_lease_dir() -> io::Result<PathBuf> {
     let id: String = random.iter().map(|b| format!("{b:02x}")).collect();
     // The name is what docker shows when a container started by `asme run` is started again
     // without it (its lease gone, `--mount` refuses the missing source): it says what to do.
-    let dir = Path::new(LEASES).join(format!("{id}-start-again-with-asme-run"));
+    let dir = leases().join(format!("{id}-start-again-with-asme-run"));
     fs::DirBuilder::new().mode(0o700).create(&dir)?;
     Ok(dir)
 }

@@ -39,6 +39,10 @@ pub struct Engine {
     /// The engine's API socket, when plain settings make it certain (no context, DOCKER_HOST
     /// unset or unix://): image inspection then skips the CLI's ~10 ms start-up.
     socket: Option<PathBuf>,
+    /// What names the engine the CLI talks to (DOCKER_HOST, a context's host,
+    /// CONTAINER_HOST, or `podman`), `None` for the default Docker engine: what tells two
+    /// engines on one host apart (each has its own agent).
+    pub endpoint: Option<String>,
 }
 
 impl Engine {
@@ -46,7 +50,7 @@ impl Engine {
     /// bind-mounts its own binary and account files from here.
     pub fn detect(program: Program) -> Result<Engine> {
         let mut engine = Engine::cli(program);
-        engine.check_local()?;
+        engine.endpoint = engine.check_local()?;
         // Podman's socket speaks a compatible API, but asme reads it through its CLI.
         if program == Program::Docker {
             engine.socket = api::socket();
@@ -59,28 +63,30 @@ impl Engine {
         Engine {
             program,
             socket: None,
+            endpoint: None,
         }
     }
 
-    fn check_local(&self) -> Result<()> {
+    /// Checks that the engine is on this machine; returns what names it, if not the default.
+    fn check_local(&self) -> Result<Option<String>> {
         if self.program == Program::Podman {
             // Podman's remote client reads CONTAINER_HOST; it has no docker contexts.
             return match std::env::var("CONTAINER_HOST")
                 .ok()
                 .filter(|h| !h.is_empty())
             {
-                Some(host) => check_endpoint(&host, "CONTAINER_HOST"),
-                None => Ok(()),
+                Some(host) => check_endpoint(&host, "CONTAINER_HOST").map(|()| Some(host)),
+                None => Ok(Some("podman".to_string())),
             };
         }
         if let Some(host) = std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty()) {
-            return check_endpoint(&host, "DOCKER_HOST");
+            return check_endpoint(&host, "DOCKER_HOST").map(|()| Some(host));
         }
         let Some(context) = current_context() else {
-            return Ok(());
+            return Ok(None);
         };
         if context == "default" {
-            return Ok(());
+            return Ok(None);
         }
         let host = self
             .output([
@@ -91,7 +97,8 @@ impl Engine {
                 &context,
             ])
             .with_context(|| format!("inspecting docker context '{context}'"))?;
-        check_endpoint(host.trim(), &format!("docker context '{context}'"))
+        let host = host.trim().to_string();
+        check_endpoint(&host, &format!("docker context '{context}'")).map(|()| Some(host))
     }
 
     /// Runs `docker ARGV` with this terminal and returns its exit status.
