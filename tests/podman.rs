@@ -158,3 +158,114 @@ fn rootless_podman_with_a_user_image_writes_as_the_user() {
     let meta = fs::metadata(&dir.path).unwrap();
     assert_eq!((meta.uid(), meta.gid()), (user.uid, user.gid));
 }
+
+/// Rootful Podman's Docker-compatible API (`podman system service`), with the docker CLI and
+/// asme pointed at it through DOCKER_HOST: plain, what container root writes is host root's;
+/// through asme, the idmap strategy's agent runs in Podman (an agent of its own, not the
+/// default engine's) and the writes are the user's. The service is the test's own, with a
+/// `containers.conf` of its own: Podman's default ulimits (nofile 1048576) exceed what some
+/// hosts allow (this one's hard limit is 20000), and crun refuses hybrid cgroup hosts.
+#[test]
+fn rootful_podman_through_its_docker_api_writes_as_the_user() {
+    let user = user1234();
+    let service = PodmanService::start();
+    let dir = TestDir::new(user, "podman-rootful");
+    let mount = format!("{}:/w", dir.path.display());
+    let busybox = local("busybox");
+    let args = ["run", "--rm", "--network", "none", "-v", &mount, &busybox];
+    let script = ["sh", "-c", "touch /w/plain; id -u"];
+    let mut plain = as_user(user, &dir.path);
+    plain
+        .env("DOCKER_HOST", service.host())
+        .arg("docker")
+        .args(args)
+        .args(script);
+    assert_eq!(Run::of(plain).ok(), "0\n");
+    let meta = fs::metadata(dir.join("plain")).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (0, 0), "plain: host root's");
+
+    let mut asme = asme_as(user, &dir.path, &args);
+    asme.env("DOCKER_HOST", service.host())
+        .args(["sh", "-c", "touch /w/asme; id -u"]);
+    assert_eq!(Run::of(asme).ok(), "0\n");
+    let meta = fs::metadata(dir.join("asme")).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (user.uid, user.gid));
+    let mut stop = asme_as(user, &dir.path, &["agent", "stop"]);
+    stop.env("DOCKER_HOST", service.host());
+    ok(stop);
+    fs::remove_file(dir.join("plain")).unwrap();
+}
+
+/// `podman system service` as root on a socket of the test's own (group docker, 0660), with
+/// its own configuration; stopped when dropped.
+struct PodmanService {
+    dir: std::path::PathBuf,
+    child: std::process::Child,
+}
+
+impl PodmanService {
+    fn start() -> PodmanService {
+        let dir = std::path::PathBuf::from(format!("/tmp/asme-e2e/podman-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let conf = dir.join("containers.conf");
+        fs::write(
+            &conf,
+            "[containers]\ndefault_ulimits = [\"nofile=20000:20000\", \"nproc=32768:32768\"]\n\
+             [engine]\nruntime = \"runc\"\n",
+        )
+        .unwrap();
+        let socket = dir.join("podman.sock");
+        let child = Command::new("podman")
+            .env("CONTAINERS_CONF", &conf)
+            .args(["system", "service", "--time=0"])
+            .arg(format!("unix://{}", socket.display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("podman system service (apt-get install podman)");
+        let service = PodmanService { dir, child };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "podman system service did not listen on {}",
+                socket.display()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        ok(Command::new("chgrp").arg("docker").arg(&socket));
+        fs::set_permissions(&socket, std::os::unix::fs::PermissionsExt::from_mode(0o660)).unwrap();
+        // The test image, in root's Podman store.
+        let mut save = Command::new("docker")
+            .args(["save", &image("busybox")])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut load = Command::new("podman");
+        load.args(["load", "-q"]).stdin(save.stdout.take().unwrap());
+        ok(load);
+        assert!(save.wait().unwrap().success());
+        service
+    }
+
+    fn host(&self) -> String {
+        format!("unix://{}", self.dir.join("podman.sock").display())
+    }
+}
+
+impl Drop for PodmanService {
+    fn drop(&mut self) {
+        let _ = Command::new("podman")
+            .args(["rm", "-f", "asme-agent"])
+            .output();
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.child.wait();
+        let _ = fs::remove_dir_all(&self.dir);
+        testenv::remove_dead_agent_folders();
+    }
+}

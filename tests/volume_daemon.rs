@@ -296,24 +296,7 @@ impl Drop for Daemon {
         // A dockerd killed after its deadline leaves its containerd and shims.
         stop_stale(&self.dir);
         remove(&self.dir, &self.bridge);
-        remove_dead_agent_folders();
-    }
-}
-
-/// The agent folders (`/run/asme/engines/ID`) of engines whose agent is gone (no socket):
-/// each dockerd of these tests has one, named after its socket, which asme leaves behind as
-/// it leaves any engine's (a lock file and an empty leases folder, in /run).
-fn remove_dead_agent_folders() {
-    let Ok(entries) = fs::read_dir("/run/asme/engines") else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let dir = entry.path();
-        let leases_empty =
-            fs::read_dir(dir.join("leases")).map_or(true, |mut l| l.next().is_none());
-        if !dir.join("agent.sock").exists() && leases_empty {
-            let _ = fs::remove_dir_all(&dir);
-        }
+        testenv::remove_dead_agent_folders();
     }
 }
 
