@@ -551,13 +551,13 @@ fn a_restart_policy_writes_as_the_owner_across_a_dockerd_restart() {
     );
 }
 
-/// A userns-remap engine stores container ids as subordinate ids, which asme's mappings do
-/// not name yet (issue 14): asme must never do worse than plain docker there. Auto runs the
-/// container as plain docker would, and says why in one notice; an explicit strategy, and an
-/// `asme fix` that would need a container's root, are refused in one line; the folder stays
-/// as it was.
+/// A userns-remap engine stores container ids as subordinate ids (root's as `dockremap`'s
+/// first one, which a 0755 folder of the user's refuses): idmap names those host-side ids
+/// (its agent runs with `--userns=host`), so root's writes are the user's (issue 14). The
+/// strategies that cannot, and an `asme fix` that would need a container's root, are
+/// refused in one line; the folder stays the user's.
 #[test]
-fn a_userns_remap_engine_is_run_as_plain_docker_would_run_it() {
+fn a_userns_remap_engine_writes_as_the_user_through_idmap() {
     let _one = one_daemon();
     let user = user1234();
     let busybox = image("busybox");
@@ -584,10 +584,13 @@ fn a_userns_remap_engine_is_run_as_plain_docker_would_run_it() {
     );
     assert_eq!(asme.status, Some(0), "{}\n{}", asme.explain(), daemon.log());
     assert_eq!(
-        asme.stdout, plain.stdout,
-        "asme did otherwise than plain docker"
+        plain.stdout, "1\n",
+        "plain: container root may not write there"
     );
-    asme.assert_one_notice("userns-remap engine");
+    assert_eq!(asme.stdout, "0\n", "{}", asme.explain());
+    let meta = fs::metadata(dir.join("f")).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (user.uid, user.gid));
+    fs::remove_file(dir.join("f")).unwrap();
 
     let fix = run(daemon.asme_as(
         user,
@@ -624,11 +627,12 @@ fn a_userns_remap_engine_is_run_as_plain_docker_would_run_it() {
     assert_eq!(owner(&foreign), (999, 999));
     assert_eq!(owner(&dir.path), (user.uid, user.gid));
 
-    // doctor names the kind and what auto does there, and tries no strategy.
+    // doctor names the kind and what auto does there, and tries no strategy (containers
+    // of its own would leave files of subordinate ids).
     let doctor =
         daemon.ok(daemon.asme_as(user, &["doctor", "--json", &dir.path.display().to_string()]));
     let report: serde_json::Value = serde_json::from_str(&doctor).unwrap();
     assert_eq!(report["engine"]["kind"], "userns-remap", "{doctor}");
-    assert_eq!(report["auto"], "plain", "{doctor}");
+    assert_eq!(report["auto"], "idmap", "{doctor}");
     drop(daemon);
 }

@@ -144,6 +144,8 @@ fn create(engine: &Engine, image: &str) -> Result<bool> {
             "--label",
             LABEL,
             "--pid=host",
+            // Not remapped on a userns-remap daemon: the agent needs the host's ids.
+            "--userns=host",
             "--network=none",
             "--read-only",
             "--cap-drop=ALL",

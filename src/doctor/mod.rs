@@ -209,7 +209,12 @@ fn examine(program: Program, owner: Owner, path: Option<&Path>) -> Result<Report
         // asme run keeps out there anyway (`run::strategy`).
         Some(_) if remapping.is_some() => (
             Strategies::failed("not tried: this engine stores container ids as other ids"),
-            "plain".to_string(),
+            // A userns-remap daemon is rootful: idmap names the ids it stores.
+            if remapping == Some(Kind::UsernsRemap) {
+                "idmap".to_string()
+            } else {
+                "plain".to_string()
+            },
         ),
         Some(docker) => match scratch(&path, owner) {
             Err(e) => (Strategies::failed(&format!("{e:#}")), "none".to_string()),

@@ -140,6 +140,14 @@ impl Kind {
     }
 }
 
+/// The host uid and gid a userns-remap daemon stores container root as, from its data root
+/// (`/var/lib/docker/165536.165536`).
+pub fn remap_base(docker_root_dir: &str) -> Option<(u32, u32)> {
+    let last = docker_root_dir.trim_end_matches('/').rsplit('/').next()?;
+    let (uid, gid) = last.split_once('.')?;
+    Some((uid.parse().ok()?, gid.parse().ok()?))
+}
+
 /// The engine's security options (`docker info`), e.g. `name=seccomp,profile=default`.
 pub fn security_options(info: &Value) -> impl Iterator<Item = &str> {
     info["SecurityOptions"]
@@ -152,6 +160,21 @@ pub fn security_options(info: &Value) -> impl Iterator<Item = &str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_remapping_daemon_names_its_base_in_its_data_root() {
+        assert_eq!(
+            remap_base("/var/lib/docker/165536.165536"),
+            Some((165536, 165536))
+        );
+        assert_eq!(
+            remap_base("/tmp/remap/root/200000.300000/"),
+            Some((200000, 300000))
+        );
+        for none in ["/var/lib/docker", "/x/165536", "/x/a.b", ""] {
+            assert_eq!(remap_base(none), None, "{none}");
+        }
+    }
 
     #[test]
     fn the_environment_names_the_engine() {

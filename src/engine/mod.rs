@@ -122,6 +122,11 @@ impl Engine {
     /// answers do not say whether it runs rootless). `None` where neither answers (a context:
     /// then asme does not know, and assumes a rootful engine).
     pub fn kind(&self) -> Option<Kind> {
+        self.kind_and_info().map(|(kind, _)| kind)
+    }
+
+    /// The kind, and (for Docker's API) `docker info`.
+    fn kind_and_info(&self) -> Option<(Kind, serde_json::Value)> {
         match self.program {
             Program::Docker => {
                 let json = |path: &str| {
@@ -132,19 +137,31 @@ impl Engine {
                 let version: serde_json::Value = json("/version")?;
                 let info: serde_json::Value = json("/info")?;
                 // `docker version` nests the server's answer under "Server".
-                Some(Kind::of(&serde_json::json!({ "Server": version }), &info))
+                let kind = Kind::of(&serde_json::json!({ "Server": version }), &info);
+                Some((kind, info))
             }
             Program::Podman => {
                 let rootless = self
                     .output(["info", "--format", "{{.Host.Security.Rootless}}"])
                     .ok()?;
-                Some(if rootless.trim() == "true" {
+                let kind = if rootless.trim() == "true" {
                     Kind::PodmanRootless
                 } else {
                     Kind::Podman
-                })
+                };
+                Some((kind, serde_json::Value::Null))
             }
         }
+    }
+
+    /// For a userns-remap daemon, the host uid and gid its container root is stored as:
+    /// the daemon names its data root after them (`DockerRootDir` ends in `/UID.GID`).
+    pub fn remap_base(&self) -> Option<(u32, u32)> {
+        let (kind, info) = self.kind_and_info()?;
+        if kind != Kind::UsernsRemap {
+            return None;
+        }
+        kind::remap_base(info["DockerRootDir"].as_str()?)
     }
 
     /// Runs `docker ARGV` as a child that gets the signals sent to asme (for strategies with

@@ -12,7 +12,32 @@ use crate::run::args::RunArgs;
 use crate::run::mounts;
 
 pub fn prepare<'a>(ctx: &'a Context, args: &RunArgs) -> Result<Prepared<'a>, Refusal> {
-    let container = container_ids(ctx, args)?;
+    prepare_on_disk_as(ctx, args, (0, 0))
+}
+
+/// Like [`prepare`], on an engine that stores container id C as `base + C` (userns-remap):
+/// the mapping names those host-side ids, so the container's writes are the owner's.
+pub fn prepare_remapped<'a>(
+    ctx: &'a Context,
+    args: &RunArgs,
+    base: (u32, u32),
+) -> Result<Prepared<'a>, Refusal> {
+    prepare_on_disk_as(ctx, args, base)
+}
+
+fn prepare_on_disk_as<'a>(
+    ctx: &'a Context,
+    args: &RunArgs,
+    base: (u32, u32),
+) -> Result<Prepared<'a>, Refusal> {
+    let inside = container_ids(ctx, args)?;
+    let shifted = |id: u32, base: u32| {
+        id.checked_add(base).ok_or_else(|| {
+            Refusal::Unavailable(anyhow::anyhow!("container id {id} past the engine's range"))
+        })
+    };
+    // The ids the engine stores the container's as: the same, but on a remapping engine.
+    let container = (shifted(inside.0, base.0)?, shifted(inside.1, base.1)?);
     let binds = mounts::bind_mounts(args);
     let mut prepared = keep_user(ctx, args);
     ctx.say(format_args!(

@@ -131,6 +131,16 @@ pub fn prepare<'a>(
     strategy: Strategy,
 ) -> Result<(Name, Prepared<'a>)> {
     if let Some(kind) = ctx.engine.kind().filter(|k| k.remaps_ids()) {
+        // A userns-remap daemon is rootful: idmap can name the ids it stores.
+        let idmap_wanted = matches!(Name::chosen(strategy), None | Some(Name::Idmap));
+        if let Some(base) = ctx.engine.remap_base().filter(|_| idmap_wanted) {
+            match idmap::prepare_remapped(ctx, args, base) {
+                Ok(prepared) => return Ok((Name::Idmap, prepared)),
+                Err(Refusal::Fatal(e)) => return Err(e),
+                Err(why) if Name::chosen(strategy).is_some() => return Err(why.into()),
+                Err(why) => eprintln!("asme: notice: idmap strategy unavailable ({why:#})"),
+            }
+        }
         return on_remapping_engine(ctx, args, strategy, kind);
     }
     if let Some(name) = Name::chosen(strategy) {
