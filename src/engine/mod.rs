@@ -154,14 +154,17 @@ impl Engine {
         }
     }
 
-    /// For a userns-remap daemon, the host uid and gid its container root is stored as:
-    /// the daemon names its data root after them (`DockerRootDir` ends in `/UID.GID`).
-    pub fn remap_base(&self) -> Option<(u32, u32)> {
+    /// The kind, and for a userns-remap daemon the host uid and gid its container root is
+    /// stored as: the daemon names its data root after them (`DockerRootDir` ends in
+    /// `/UID.GID`).
+    pub fn kind_and_remap(&self) -> Option<(Kind, Option<(u32, u32)>)> {
         let (kind, info) = self.kind_and_info()?;
-        if kind != Kind::UsernsRemap {
-            return None;
-        }
-        kind::remap_base(info["DockerRootDir"].as_str()?)
+        let base = if kind == Kind::UsernsRemap {
+            info["DockerRootDir"].as_str().and_then(kind::remap_base)
+        } else {
+            None
+        };
+        Some((kind, base))
     }
 
     /// Runs `docker ARGV` as a child that gets the signals sent to asme (for strategies with

@@ -46,6 +46,9 @@ pub struct Context {
     pub cache: Cache,
     /// Where relative bind sources start.
     pub cwd: PathBuf,
+    /// What kind of engine answers, and a userns-remap daemon's subordinate base
+    /// (`Engine::kind_and_remap`); `None` where the engine cannot say cheaply.
+    pub kind: Option<(crate::engine::Kind, Option<(u32, u32)>)>,
 }
 
 impl Context {
@@ -66,6 +69,11 @@ pub fn run(request: Request, argv: &[String]) -> Result<Exit> {
     let args =
         RunArgs::parse(argv).map_err(|e| anyhow::anyhow!("{e} (see 'docker run --help')"))?;
     let engine = Engine::detect(request.program)?;
+    // Asked beside the image's inspection and probe (`docker info` takes milliseconds).
+    let asking = {
+        let engine = engine.clone();
+        std::thread::spawn(move || engine.kind_and_remap())
+    };
     let image = engine.ensure_image(&args.image, PullPolicy::parse(args.last("pull"))?)?;
     let command = plan::command_line(&args, &image)?;
     let exe = injected_exe()?;
@@ -81,6 +89,7 @@ pub fn run(request: Request, argv: &[String]) -> Result<Exit> {
         exe,
         cache,
         cwd: std::env::current_dir().context("reading the working folder")?,
+        kind: asking.join().unwrap_or(None),
     };
     if args.flag("init") {
         ctx.say("--init dropped: asme is the container's init");

@@ -130,10 +130,10 @@ pub fn prepare<'a>(
     args: &RunArgs,
     strategy: Strategy,
 ) -> Result<(Name, Prepared<'a>)> {
-    if let Some(kind) = ctx.engine.kind().filter(|k| k.remaps_ids()) {
+    if let Some((kind, remap)) = ctx.kind.filter(|(k, _)| k.remaps_ids()) {
         // A userns-remap daemon is rootful: idmap can name the ids it stores.
         let idmap_wanted = matches!(Name::chosen(strategy), None | Some(Name::Idmap));
-        if let Some(base) = ctx.engine.remap_base().filter(|_| idmap_wanted) {
+        if let Some(base) = remap.filter(|_| idmap_wanted) {
             match idmap::prepare_remapped(ctx, args, base) {
                 Ok(prepared) => return Ok((Name::Idmap, prepared)),
                 Err(Refusal::Fatal(e)) => return Err(e),
