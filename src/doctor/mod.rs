@@ -286,9 +286,12 @@ fn probe_engine(program: Program) -> Result<(Engine, EngineReport, Value)> {
     let engine = EngineReport {
         client: text(&version["Client"]["Version"]),
         server: text(&version["Server"]["Version"]),
-        // The engine's own answer where it has a cheap one (Podman says there whether it
-        // runs rootless, which its Docker-compatible answers do not).
-        kind: Some(docker.kind().unwrap_or_else(|| Kind::of(&version, &info))),
+        // Docker's from the answers read above; Podman says whether it runs rootless only in
+        // its own `podman info`, not in these Docker-compatible answers.
+        kind: Some(match program {
+            Program::Podman => docker.kind().unwrap_or_else(|| Kind::of(&version, &info)),
+            Program::Docker => Kind::of(&version, &info),
+        }),
         error: None,
     };
     Ok((docker, engine, info))

@@ -110,6 +110,11 @@ impl Engine {
         Ok(status.code().unwrap_or(125))
     }
 
+    /// The engine's API socket, where plain settings make it certain.
+    pub fn api_socket(&self) -> Option<&Path> {
+        self.socket.as_deref()
+    }
+
     /// One GET on the engine's API socket, where plain settings make the socket certain:
     /// (status, body), or `None` where only the CLI can ask (a context, a remote host) or the
     /// socket did not answer.

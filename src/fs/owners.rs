@@ -26,7 +26,7 @@
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io::{self, Write};
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -116,42 +116,31 @@ pub struct Sidecar {
 #[derive(Debug)]
 struct SidecarInner {
     records: HashMap<PathBuf, (u32, u32)>,
-    journal: std::fs::File,
+    /// SOURCE's root, where the journal is made at the first record.
+    root: OwnedFd,
+    /// The journal, once there is one: a folder whose container sets no owner gets none.
+    journal: Option<std::fs::File>,
 }
 
 impl Sidecar {
-    /// Reads the records in `root` (SOURCE's root folder) and writes them back compacted.
+    /// Reads the records in `root` (SOURCE's root folder) and, if there are any, writes them
+    /// back compacted.
     pub fn open(root: BorrowedFd<'_>) -> io::Result<Sidecar> {
-        let records = match read_at(root, SIDECAR) {
-            Ok(text) => replay(&text),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => HashMap::new(),
+        let root = rustix::io::fcntl_dupfd_cloexec(root, 0)?;
+        let (records, journal) = match read_at(root.as_fd(), SIDECAR) {
+            Ok(text) => {
+                let records = replay(&text);
+                let journal = compact(root.as_fd(), &records)?;
+                (records, Some(journal))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => (HashMap::new(), None),
             Err(e) => return Err(e),
         };
-        let tmp = format!("{SIDECAR}.tmp");
-        let mut snapshot = String::new();
-        for (path, owner) in &records {
-            snapshot.push_str(&line_set(path, *owner));
-        }
-        let fd = rustix::fs::openat(
-            root,
-            tmp.as_str(),
-            OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::from_raw_mode(0o600),
-        )?;
-        let mut file = std::fs::File::from(fd);
-        file.write_all(snapshot.as_bytes())?;
-        file.sync_all()?;
-        rustix::fs::renameat(root, tmp.as_str(), root, SIDECAR)?;
-        let journal: OwnedFd = rustix::fs::openat(
-            root,
-            SIDECAR,
-            OFlags::WRONLY | OFlags::APPEND | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
         Ok(Sidecar {
             inner: Mutex::new(SidecarInner {
                 records,
-                journal: journal.into(),
+                root,
+                journal,
             }),
         })
     }
@@ -175,7 +164,7 @@ impl Sidecar {
                 format!("-{}\n", escape(path))
             }
         };
-        inner.journal.write_all(line.as_bytes())
+        inner.append(&line)
     }
 
     /// `path` and everything under it are gone.
@@ -187,7 +176,7 @@ impl Sidecar {
             return Ok(());
         }
         let line = format!("-{}\n", escape(path));
-        inner.journal.write_all(line.as_bytes())
+        inner.append(&line)
     }
 
     /// `from` (and everything under it) is now `to`; what was at `to` is replaced.
@@ -195,8 +184,61 @@ impl Sidecar {
         let mut inner = lock(&self.inner);
         move_records(&mut inner.records, from, to);
         let line = format!(">{}\t{}\n", escape(from), escape(to));
-        inner.journal.write_all(line.as_bytes())
+        inner.append(&line)
     }
+}
+
+impl SidecarInner {
+    /// Appends one journal line, making the journal at the first.
+    fn append(&mut self, line: &str) -> io::Result<()> {
+        let journal = match &mut self.journal {
+            Some(journal) => journal,
+            None => {
+                let fd = rustix::fs::openat(
+                    &self.root,
+                    SIDECAR,
+                    OFlags::WRONLY
+                        | OFlags::CREATE
+                        | OFlags::APPEND
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC,
+                    Mode::from_raw_mode(0o600),
+                )?;
+                self.journal.insert(fd.into())
+            }
+        };
+        journal.write_all(line.as_bytes())
+    }
+}
+
+/// The records written afresh (temporary file, sync, rename over the journal), and the
+/// journal opened for appending.
+fn compact(
+    root: BorrowedFd<'_>,
+    records: &HashMap<PathBuf, (u32, u32)>,
+) -> io::Result<std::fs::File> {
+    let tmp = format!("{SIDECAR}.tmp");
+    let mut snapshot = String::new();
+    for (path, owner) in records {
+        snapshot.push_str(&line_set(path, *owner));
+    }
+    let fd = rustix::fs::openat(
+        root,
+        tmp.as_str(),
+        OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )?;
+    let mut file = std::fs::File::from(fd);
+    file.write_all(snapshot.as_bytes())?;
+    file.sync_all()?;
+    rustix::fs::renameat(root, tmp.as_str(), root, SIDECAR)?;
+    let journal: OwnedFd = rustix::fs::openat(
+        root,
+        SIDECAR,
+        OFlags::WRONLY | OFlags::APPEND | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    Ok(journal.into())
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -373,6 +415,24 @@ mod tests {
         .into_iter()
         .collect();
         assert_eq!(records, want);
+    }
+
+    /// A folder whose container sets no owner gets no journal; the first record makes it,
+    /// and the next mount reads it back.
+    #[test]
+    fn the_journal_is_made_at_the_first_record_and_read_back() {
+        let dir = std::env::temp_dir().join(format!("asme-sidecar-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let root = crate::sys::fs::open_folder_path(&dir).unwrap();
+        let sidecar = Sidecar::open(root.as_fd()).unwrap();
+        assert!(!dir.join(SIDECAR).exists());
+        sidecar.set(Path::new("pg"), Some((999, 999))).unwrap();
+        assert!(dir.join(SIDECAR).exists());
+        drop(sidecar);
+        let again = Sidecar::open(root.as_fd()).unwrap();
+        assert_eq!(again.get(Path::new("pg")), Some((999, 999)));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

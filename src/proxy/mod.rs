@@ -47,7 +47,7 @@ pub fn main(program: Program, owner: crate::owner::Owner, socket: Option<PathBuf
         None => default_socket()?,
     };
     let engine = Engine::detect(program)?;
-    let engine_socket = crate::engine::api::socket().context(
+    let engine_socket = engine.api_socket().map(Path::to_path_buf).context(
         "the proxy needs the engine's unix socket (unset DOCKER_HOST or use a local one)",
     )?;
     if engine_socket == socket {
