@@ -103,6 +103,9 @@ pub enum Command {
         /// Detach it now even if busy; it goes when the last user lets go.
         #[arg(short = 'z', long)]
         lazy: bool,
+        /// (asme run on rootless Docker) in the namespaces of this daemon process.
+        #[arg(long, hide = true, value_name = "PID")]
+        enter_namespaces_of: Option<u32>,
     },
 
     /// The volume driver: `docker volume create -d asme -o source=DIR` (a managed plugin).
@@ -214,6 +217,11 @@ pub struct MountArgs {
     /// that user may enter (a FUSE share without allow_other). No passthrough then.
     #[arg(long, hide = true, value_name = "UID:GID")]
     pub serve_as: Option<crate::owner::Owner>,
+
+    /// (asme run on rootless Docker) mount and serve in the user and mount namespaces of
+    /// this daemon process, which must be the user's own.
+    #[arg(long, hide = true, value_name = "PID")]
+    pub enter_namespaces_of: Option<u32>,
 
     /// The folder to show.
     pub source: std::path::PathBuf,

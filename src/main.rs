@@ -76,9 +76,14 @@ fn dispatch(cli: &Cli) -> Result<Exit> {
             foreground: m.foreground,
             notify_ready: m.notify_ready,
             serve_as: m.serve_as,
+            enter: m.enter_namespaces_of,
         })
         .map(done),
-        Command::Umount { mountpoint, lazy } => fs::mount::umount(mountpoint, *lazy).map(done),
+        Command::Umount {
+            mountpoint,
+            lazy,
+            enter_namespaces_of,
+        } => fs::mount::umount(mountpoint, *lazy, *enter_namespaces_of).map(done),
         Command::Doctor { path, json } => {
             doctor::main(cli.engine, cli.owner, path.as_deref(), *json).map(Exit::from_ok)
         }

@@ -180,6 +180,7 @@ fn examine(program: Program, owner: Owner, path: Option<&Path>) -> Result<Report
             (engine, None, Value::Null)
         }
     };
+    let kind = engine.kind;
     let security = Security {
         apparmor: std::fs::read_to_string("/sys/module/apparmor/parameters/enabled")
             .is_ok_and(|s| s.trim() == "Y"),
@@ -198,11 +199,17 @@ fn examine(program: Program, owner: Owner, path: Option<&Path>) -> Result<Report
             _ if engine.program == Program::Podman => {
                 "not available (Podman has no managed plugins)".to_string()
             }
+            _ if kind == Some(Kind::Rootless) => {
+                format!("not available ({})", crate::plugin::install::ROOTLESS)
+            }
             Ok(status) => status.describe().to_string(),
             Err(e) => format!("unknown ({e:#})"),
         });
     let mut tested_in = None;
-    let remapping = engine.kind.filter(|k| k.remaps_ids());
+    // Rootless Docker is tried for real: its strategies say themselves what they can do there.
+    let remapping = engine
+        .kind
+        .filter(|k| k.remaps_ids() && *k != Kind::Rootless);
     let (strategies, auto) = match docker {
         None => (Strategies::failed("no engine"), "none".to_string()),
         // Its containers would leave files of subordinate ids in the scratch folder, and
@@ -220,8 +227,17 @@ fn examine(program: Program, owner: Owner, path: Option<&Path>) -> Result<Report
             Err(e) => (Strategies::failed(&format!("{e:#}")), "none".to_string()),
             Ok(scratch) => {
                 tested_in = Some(scratch.0.clone());
-                selftest::run_all(&docker, &scratch.0, owner)
-                    .unwrap_or_else(|e| (Strategies::failed(&format!("{e:#}")), "none".to_string()))
+                let (strategies, auto) = selftest::run_all(&docker, &scratch.0, owner)
+                    .unwrap_or_else(|e| {
+                        (Strategies::failed(&format!("{e:#}")), "none".to_string())
+                    });
+                // A root container ran as plain docker would; other users get fuse, if it works.
+                let auto = match (kind, auto.as_str(), strategies.fuse.ok) {
+                    (Some(Kind::Rootless), "keep", true) => "rootless-fuse".to_string(),
+                    (Some(Kind::Rootless), "keep", false) => "rootless-plain".to_string(),
+                    _ => auto,
+                };
+                (strategies, auto)
             }
         },
     };
@@ -232,7 +248,8 @@ fn examine(program: Program, owner: Owner, path: Option<&Path>) -> Result<Report
         engine,
         kernel,
         path: PathReport {
-            idmap: in_path.then_some(strategies.idmap.ok),
+            // Rootless Docker refuses idmap whatever the filesystem.
+            idmap: (in_path && kind != Some(Kind::Rootless)).then_some(strategies.idmap.ok),
             path,
             fs_type,
             tested_in,

@@ -12,6 +12,7 @@ pub mod api;
 pub mod image;
 pub mod kind;
 pub mod mount_arg;
+pub mod rootless;
 
 pub use image::{ImageConfig, PullPolicy};
 pub use kind::{Kind, Program};

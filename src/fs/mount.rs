@@ -39,6 +39,9 @@ pub struct MountRequest {
     pub notify_ready: bool,
     /// (internal, root only) serve as this user once mounted.
     pub serve_as: Option<Owner>,
+    /// (internal) mount and serve in the user and mount namespaces of this process: a
+    /// rootless engine's daemon, which this user owns.
+    pub enter: Option<u32>,
 }
 
 /// Parsed `-o` options.
@@ -121,6 +124,16 @@ pub fn main(req: &MountRequest) -> Result<()> {
         let _ = rustix::process::setsid();
     }
     let mut options = parse_options(&req.options)?;
+    let entered;
+    let req = match req.enter {
+        Some(pid) => {
+            entered = enter_namespaces(req, pid)?;
+            // Passthrough needs CAP_SYS_ADMIN in the host's namespace.
+            options.passthrough = false;
+            &entered
+        }
+        None => req,
+    };
     let (uid, gid) = crate::sys::real_ids();
     let as_root = rustix::process::geteuid().is_root();
     if req.serve_as.is_some() {
@@ -301,6 +314,9 @@ fn detach(req: &MountRequest) -> Result<()> {
     for o in &req.options {
         args.extend(["-o".into(), o.into()]);
     }
+    if let Some(pid) = req.enter {
+        args.extend(["--enter-namespaces-of".into(), pid.to_string().into()]);
+    }
     args.extend([
         "--".into(),
         req.source.clone().into_os_string(),
@@ -340,6 +356,22 @@ fn report_ready() {
     }
 }
 
+/// The request with absolute paths, in the namespaces of `pid` (still one thread: setns
+/// refuses a process with more). Inside, the user is root over their own files and their
+/// subordinate ids, and the mount is one the engine there sees.
+fn enter_namespaces(req: &MountRequest, pid: u32) -> Result<MountRequest> {
+    let absolute = |p: &Path| std::path::absolute(p).with_context(|| format!("{}", p.display()));
+    let entered = MountRequest {
+        source: absolute(&req.source)?,
+        mountpoint: absolute(&req.mountpoint)?,
+        enter: None,
+        ..req.clone()
+    };
+    crate::sys::mount::enter_user_and_mount_namespaces(pid)
+        .with_context(|| format!("entering the namespaces of the engine's process {pid}"))?;
+    Ok(entered)
+}
+
 fn open_source(source: &Path) -> Result<OwnedFd> {
     rustix::fs::open(
         source,
@@ -354,10 +386,11 @@ fn open_source(source: &Path) -> Result<OwnedFd> {
 }
 
 /// Whether this process can make a mount that docker (root) can use: what `asme run` asks
-/// before it picks the fuse strategy.
-pub fn usable_for_docker() -> Result<()> {
+/// before it picks the fuse strategy. In a rootless engine's namespaces (`entering`) the
+/// user mounts as root there, without fusermount or `user_allow_other`.
+pub fn usable_for_docker(entering: bool) -> Result<()> {
     check_dev_fuse()?;
-    if !rustix::process::geteuid().is_root() {
+    if !entering && !rustix::process::geteuid().is_root() {
         check_user_mount(parse_options(&[])?.acl)?;
     }
     Ok(())
@@ -371,6 +404,8 @@ pub struct ServerOptions {
     pub record_owners: bool,
     /// Serve as this user once mounted (root only): see `--serve-as`.
     pub serve_as: Option<Owner>,
+    /// Mount and serve in the namespaces of this rootless engine's daemon.
+    pub enter: Option<u32>,
 }
 
 /// A detached `asme mount` of `source` at `mountpoint` (which must exist), with `map`: what
@@ -392,6 +427,9 @@ pub fn spawn_server(
     }
     if let Some(owner) = how.serve_as {
         args.extend(["--serve-as".into(), owner.to_string().into()]);
+    }
+    if let Some(pid) = how.enter {
+        args.extend(["--enter-namespaces-of".into(), pid.to_string().into()]);
     }
     args.extend(["--".into(), source.into(), mountpoint.into()]);
     start_server(exe, &args).with_context(|| format!("asme mount of {}", source.display()))
@@ -491,9 +529,14 @@ fn unescape(s: &str) -> String {
 }
 
 /// `asme umount`: only asme's own mounts; a stale one (server killed) is recovered too.
-pub fn umount(mountpoint: &Path, lazy: bool) -> Result<()> {
+/// With `enter`, in the namespaces of that rootless engine's daemon, where it was mounted.
+pub fn umount(mountpoint: &Path, lazy: bool, enter: Option<u32>) -> Result<()> {
     let target =
         std::path::absolute(mountpoint).with_context(|| format!("{}", mountpoint.display()))?;
+    if let Some(pid) = enter {
+        crate::sys::mount::enter_user_and_mount_namespaces(pid)
+            .with_context(|| format!("entering the namespaces of the engine's process {pid}"))?;
+    }
     let Some(m) = mount_at(&target) else {
         bail!("{}: not a mount point", target.display());
     };

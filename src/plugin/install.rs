@@ -103,6 +103,11 @@ pub fn status(engine: &Engine) -> Result<Status> {
     })
 }
 
+/// Why the driver cannot run on rootless Docker (`docker plugin enable` fails there mounting
+/// /proc for a plugin that shares the host's pid namespace, which asme's needs).
+pub const ROOTLESS: &str = "the volume driver cannot run on rootless Docker: its plugin needs \
+                            the host's pid namespace, which a rootless engine cannot give";
+
 /// `asme plugin install`: makes sure this build's plugin is installed and enabled.
 ///
 /// Several asme runs may do this at once (an upgrade, a compose project): one may remove the
@@ -126,6 +131,8 @@ pub fn install(engine: &Engine, exe: &Path) -> Result<()> {
 fn install_once(engine: &Engine, exe: &Path) -> Result<()> {
     match status(engine)? {
         Status::Current { enabled: true } => return Ok(()),
+        // Asked only here, where a plugin would be made: the usual path stays one call.
+        _ if engine.kind() == Some(crate::engine::Kind::Rootless) => bail!(ROOTLESS),
         Status::Current { enabled: false } => {}
         Status::Other => {
             remove(engine)?;

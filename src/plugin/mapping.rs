@@ -278,6 +278,7 @@ fn fuse(point: &Path, volume: &Volume, as_user: Option<Owner>) -> Result<Served>
         // A database's chown to its service user stays the owner's on disk.
         record_owners: true,
         serve_as: as_user,
+        enter: None,
     };
     make_point(point)?;
     match fs::mount::spawn_server(Path::new(EXE), &map, &spec.source, point, how) {

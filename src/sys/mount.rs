@@ -174,6 +174,21 @@ pub fn enter_mount_namespace(pid: u32) -> io::Result<()> {
     std::env::set_current_dir("/")
 }
 
+/// Moves this process into the user namespace, then the mount namespace, of process `pid`:
+/// a rootless engine's, whose owner holds every capability in it.
+///
+/// # Errors
+/// EINVAL if the process has more than one thread, EPERM if the user namespace is not owned
+/// by this process's user, EACCES on /proc/PID/ns/* without the right to ptrace `pid`.
+pub fn enter_user_and_mount_namespaces(pid: u32) -> io::Result<()> {
+    // Both are opened first: /proc may look different once inside.
+    let user = fs::File::open(format!("/proc/{pid}/ns/user"))?;
+    let mnt = fs::File::open(format!("/proc/{pid}/ns/mnt"))?;
+    move_into_link_name_space(user.as_fd(), Some(LinkNameSpaceType::User))?;
+    move_into_link_name_space(mnt.as_fd(), Some(LinkNameSpaceType::Mount))?;
+    std::env::set_current_dir("/")
+}
+
 /// A user namespace file descriptor carrying these mappings (`uid_map`/`gid_map` text, one
 /// "inside outside count" line per range), for [`set_idmap`].
 ///

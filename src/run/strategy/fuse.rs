@@ -3,14 +3,19 @@
 //! cannot idmap: filesystems that refuse idmapped mounts (NFS, FUSE), and FUSE shares the
 //! user mounted without `allow_other`, which neither the engine nor the agent may enter.
 //!
+//! On rootless Docker the servers run in the daemon's user and mount namespaces, which the
+//! user owns: the engine sees their mounts there, and they store what the container's user
+//! writes as the user's own id inside (root there), which is the user on the host.
+//!
 //! docker runs as a child; when it returns, the host's view of each mount is detached, and its
 //! server exits when the container lets go of it (at once, or when a `-d` container stops).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 
 use super::{Launch, Name, Prepared, Refusal, container_ids, durable, keep::keep_user};
+use crate::engine::rootless::RootlessDaemon;
 use crate::fs;
 use crate::plugin::options::Mapping;
 use crate::run::Context;
@@ -18,6 +23,21 @@ use crate::run::args::RunArgs;
 use crate::run::mounts;
 
 pub fn prepare<'a>(ctx: &'a Context, args: &RunArgs) -> Result<Prepared<'a>, Refusal> {
+    prepare_in(ctx, args, None)
+}
+
+/// On rootless Docker: served in the daemon's namespaces (the volume driver cannot run
+/// there, so a container that outlives the run keeps the mounts of this run only).
+pub fn prepare_rootless<'a>(ctx: &'a Context, args: &RunArgs) -> Result<Prepared<'a>, Refusal> {
+    let daemon = RootlessDaemon::of(&ctx.engine, ctx.owner).map_err(Refusal::Unavailable)?;
+    prepare_in(ctx, args, Some(daemon))
+}
+
+fn prepare_in<'a>(
+    ctx: &'a Context,
+    args: &RunArgs,
+    daemon: Option<RootlessDaemon>,
+) -> Result<Prepared<'a>, Refusal> {
     let container = container_ids(ctx, args)?;
     super::refuse_root_owner(ctx, Name::Fuse)?;
     let binds = mounts::bind_mounts(args);
@@ -31,14 +51,21 @@ pub fn prepare<'a>(ctx: &'a Context, args: &RunArgs) -> Result<Prepared<'a>, Ref
     ));
     let open = super::open_binds(ctx, args)?;
     let mut prepared = keep_user(ctx, args);
-    if let Some(durable) = durable::driver_args(ctx, args, &open, container, Mapping::Fuse) {
+    if daemon.is_none()
+        && let Some(durable) = durable::driver_args(ctx, args, &open, container, Mapping::Fuse)
+    {
         prepared.args = durable;
         return Ok(prepared);
     }
-    // This run's own servers: the user mounts, and docker (root) must reach the mounts.
-    fs::mount::usable_for_docker().map_err(Refusal::Unavailable)?;
-    let map = fs::map::OwnerMap::single((ctx.owner.uid, ctx.owner.gid), container);
-    let mut mounted = FuseMounts(Vec::new());
+    // This run's own servers: the user mounts, and docker must reach the mounts.
+    fs::mount::usable_for_docker(daemon.is_some()).map_err(Refusal::Unavailable)?;
+    let owner = daemon.map_or((ctx.owner.uid, ctx.owner.gid), |d| d.owner_inside);
+    let map = fs::map::OwnerMap::single(owner, container);
+    let mut mounted = FuseMounts {
+        points: Vec::new(),
+        daemon,
+        exe: &ctx.exe,
+    };
     for (i, source) in open.paths.iter().enumerate() {
         let point = ctx
             .cache
@@ -56,15 +83,16 @@ pub fn prepare<'a>(ctx: &'a Context, args: &RunArgs) -> Result<Prepared<'a>, Ref
         // owner's on disk.
         let how = fs::mount::ServerOptions {
             record_owners: true,
+            enter: daemon.map(|d| d.pid),
             ..Default::default()
         };
         if let Err(e) = fs::mount::spawn_server(&ctx.exe, &map, source, &point, how) {
             let _ = std::fs::remove_dir(&point);
             return Err(Refusal::Unavailable(e));
         }
-        mounted.0.push(point);
+        mounted.points.push(point);
     }
-    prepared.args = mounts::with_sources(args, &binds, &mounted.0);
+    prepared.args = mounts::with_sources(args, &binds, &mounted.points);
     prepared.launch = Launch::Child {
         after: Box::new(move || drop(mounted)),
     };
@@ -73,15 +101,45 @@ pub fn prepare<'a>(ctx: &'a Context, args: &RunArgs) -> Result<Prepared<'a>, Ref
 
 /// The host side of the fuse strategy's mounts: detached (lazily: a `-d` container still
 /// uses them) and their folders removed when dropped, whatever happened.
-struct FuseMounts(Vec<PathBuf>);
+struct FuseMounts<'a> {
+    points: Vec<PathBuf>,
+    /// The rootless daemon in whose namespaces they were mounted.
+    daemon: Option<RootlessDaemon>,
+    exe: &'a Path,
+}
 
-impl Drop for FuseMounts {
+impl Drop for FuseMounts<'_> {
     fn drop(&mut self) {
-        for point in &self.0 {
-            if let Err(e) = fs::mount::umount(point, true) {
+        for point in &self.points {
+            let detached = match self.daemon {
+                None => fs::mount::umount(point, true, None),
+                // This process has threads, and setns needs one: a child of its own does it.
+                Some(daemon) => umount_in_namespaces(self.exe, point, daemon.pid),
+            };
+            if let Err(e) = detached {
                 eprintln!("asme: {e:#}");
             }
             let _ = std::fs::remove_dir(point);
         }
     }
+}
+
+fn umount_in_namespaces(exe: &Path, point: &Path, pid: u32) -> anyhow::Result<()> {
+    let out = std::process::Command::new(exe)
+        .args([
+            "umount",
+            "--lazy",
+            "--enter-namespaces-of",
+            &pid.to_string(),
+        ])
+        .arg(point)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .context("running asme umount")?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    let line = err.lines().next().unwrap_or("failed").trim();
+    anyhow::bail!("{}", line.strip_prefix("asme: ").unwrap_or(line))
 }

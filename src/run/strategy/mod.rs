@@ -11,6 +11,7 @@ mod fix;
 mod fuse;
 mod idmap;
 mod keep;
+mod remapping;
 mod user;
 
 use std::os::fd::OwnedFd;
@@ -141,7 +142,10 @@ pub fn prepare<'a>(
                 Err(why) => eprintln!("asme: notice: idmap strategy unavailable ({why:#})"),
             }
         }
-        return on_remapping_engine(ctx, args, strategy, kind);
+        if kind == crate::engine::Kind::Rootless {
+            return remapping::on_rootless_docker(ctx, args, strategy);
+        }
+        return remapping::on_remapping_engine(ctx, args, strategy, kind);
     }
     if let Some(name) = Name::chosen(strategy) {
         return match name.prepare(ctx, args) {
@@ -189,66 +193,6 @@ pub fn prepare<'a>(
         }
     }
     unreachable!("the user strategy always answers")
-}
-
-/// The uid and gid the container runs as: `--user`, else the image's USER, else root.
-/// On an engine that runs containers in a user namespace of its own (rootless Docker or
-/// Podman, userns-remap), container ids are stored on disk as subordinate ids. asme's
-/// mappings name container ids, so they would store the owner's files as those: `fix` would
-/// even hand the owner's folder to a subordinate id. Until they map host-side ids (issue
-/// 14), asme runs the container as plain docker would, and says what the engine does;
-/// an explicit strategy is refused.
-fn on_remapping_engine<'a>(
-    ctx: &'a Context,
-    args: &RunArgs,
-    strategy: Strategy,
-    kind: crate::engine::Kind,
-) -> Result<(Name, Prepared<'a>)> {
-    if let Some(name) = Name::chosen(strategy) {
-        bail!(
-            "--strategy {} does not work on a {} engine yet: it would store your files as the \
-             engine's subordinate ids (use the default, auto, which runs the container as \
-             plain docker would)",
-            name.as_str(),
-            kind.name()
-        );
-    }
-    let mut prepared = keep::keep_user(ctx, args);
-    let container = container_ids(ctx, args).map_err(|refusal| anyhow::anyhow!("{refusal}"))?;
-    if kind == crate::engine::Kind::PodmanRootless
-        && container.0 != 0
-        && args.last("userns").is_none()
-    {
-        // Podman's own answer: its user namespace maps the user to the container's user,
-        // so what that user writes is stored as the user (as root's is without it).
-        let keep_id = format!("keep-id:uid={},gid={}", container.0, container.1);
-        ctx.say(format_args!(
-            "rootless podman: --userns={keep_id} stores what uid {} writes as you",
-            container.0
-        ));
-        prepared
-            .args
-            .opts
-            .push(super::args::Opt::new("userns", Some(&keep_id)));
-        return Ok((Name::Keep, prepared));
-    }
-    eprintln!("asme: notice: {}", remapping_notice(kind));
-    Ok((Name::Keep, prepared))
-}
-
-/// What a remapping engine does with bind-mount writes, in one line.
-fn remapping_notice(kind: crate::engine::Kind) -> String {
-    let what = if kind == crate::engine::Kind::UsernsRemap {
-        "a userns-remap engine stores every container id, root's too, as a subordinate id"
-    } else {
-        "a rootless engine already stores what container root writes as you, and other \
-         container users' writes as subordinate ids"
-    };
-    format!(
-        "{what}; asme does not map those yet, so the container runs as plain docker would run \
-         it ({} engine)",
-        kind.name()
-    )
 }
 
 /// Whether the run starts the image's own program and the probe found that it changes users
