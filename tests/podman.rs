@@ -16,7 +16,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
-use testenv::{Run, TestDir, User, as_user, asme_as, image, ok, user1234};
+use testenv::{Run, TestDir, User, as_user, asme_as, image, ok, runtime_dir, user1234};
 
 /// The user's rootless Podman, ready: subordinate ids, runtime folder, images.
 fn podman_for(user: &User) {
@@ -26,36 +26,12 @@ fn podman_for(user: &User) {
             Command::new("podman").arg("--version").output().is_ok(),
             "podman is missing: apt-get install podman uidmap (bash .ci/run installs them)"
         );
-        let subuid = fs::read_to_string("/etc/subuid").unwrap_or_default();
-        if !subuid
-            .lines()
-            .any(|l| l.starts_with(&format!("{}:", user.name)))
-        {
-            ok(Command::new("usermod").args([
-                "--add-subuids",
-                "524288-589823",
-                "--add-subgids",
-                "524288-589823",
-                &user.name,
-            ]));
-        }
-        let runtime = runtime_dir(user);
-        fs::create_dir_all(&runtime).unwrap();
-        std::os::unix::fs::chown(&runtime, Some(user.uid), Some(user.gid)).unwrap();
-        fs::set_permissions(
-            &runtime,
-            std::os::unix::fs::PermissionsExt::from_mode(0o700),
-        )
-        .unwrap();
+        testenv::rootless_user(user);
         ok(podman_as(user, &["system", "migrate"]));
         for name in ["busybox", "user1000"] {
             load(user, &image(name));
         }
     });
-}
-
-fn runtime_dir(user: &User) -> String {
-    format!("/run/user/{}", user.uid)
 }
 
 /// `podman ARGS` as `user`, in their own runtime folder.

@@ -106,6 +106,35 @@ pub fn stock_fuse_host() {
     }
 }
 
+/// A user set up for rootless engines as a distribution does: subordinate ids (added if
+/// useradd gave none) and the runtime folder a login would make.
+pub fn rootless_user(user: &User) {
+    let named = |file: &str| {
+        fs::read_to_string(file)
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.starts_with(&format!("{}:", user.name)))
+    };
+    if !named("/etc/subuid") || !named("/etc/subgid") {
+        run_checked(Command::new("usermod").args([
+            "--add-subuids",
+            "524288-589823",
+            "--add-subgids",
+            "524288-589823",
+            &user.name,
+        ]));
+    }
+    let runtime = runtime_dir(user);
+    fs::create_dir_all(&runtime).unwrap();
+    std::os::unix::fs::chown(&runtime, Some(user.uid), Some(user.gid)).unwrap();
+    fs::set_permissions(&runtime, fs::Permissions::from_mode_ext(0o700)).unwrap();
+}
+
+/// The user's runtime folder (XDG_RUNTIME_DIR).
+pub fn runtime_dir(user: &User) -> String {
+    format!("/run/user/{}", user.uid)
+}
+
 /// Makes sure a user with this uid exists (keeping an existing one) and is in the docker group.
 fn ensure_user(uid: u32, name: &str) {
     if passwd_line(uid).is_none() {
