@@ -592,6 +592,36 @@ fn a_userns_remap_engine_writes_as_the_user_through_idmap() {
     assert_eq!((meta.uid(), meta.gid()), (user.uid, user.gid));
     fs::remove_file(dir.join("f")).unwrap();
 
+    // A container that outlives the run rides on the volume driver, which maps the same
+    // host-side ids: what it writes is the user's at its first start and at docker start.
+    let name = format!("asme-remap-{}", std::process::id());
+    let twice = "echo start >> /w/g";
+    let durable = run(daemon.asme_as(
+        user,
+        &[
+            "-v", "run", "--name", &name, "-v", &mount, &busybox, "sh", "-c", twice,
+        ],
+    ));
+    assert_eq!(
+        durable.status,
+        Some(0),
+        "{}\n{}",
+        durable.explain(),
+        daemon.log()
+    );
+    assert!(
+        daemon
+            .ok(daemon.docker(&["inspect", "--format", "{{json .Mounts}}", &name]))
+            .contains("\"Driver\":\"asme"),
+        "the container's folder is not a volume of asme's driver\n{}",
+        durable.explain()
+    );
+    daemon.ok(daemon.docker(&["start", "-a", &name]));
+    assert_eq!(lines(&dir.join("g")), 2);
+    assert_owned(&dir.join("g"), user);
+    daemon.ok(daemon.docker(&["rm", "-v", &name]));
+    fs::remove_file(dir.join("g")).unwrap();
+
     let fix = run(daemon.asme_as(
         user,
         &[
