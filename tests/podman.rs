@@ -81,17 +81,68 @@ fn rootless_podman_runs_as_plain_podman_would_and_root_writes_as_the_user() {
         &dir.path,
         &[&args[..], &["sh", "-c", "touch /w/f; id -u"]].concat(),
     );
-    run.assert_one_notice("podman-rootless engine");
+    // Root's writes are the user's there already: nothing to map, nothing to say.
+    assert_eq!(run.stderr, "", "{}", run.explain());
     assert_eq!(run.ok(), "0\n");
     let meta = fs::metadata(dir.join("f")).unwrap();
     assert_eq!((meta.uid(), meta.gid()), (user.uid, user.gid));
 
-    // doctor names the kind (from Podman itself) and tries no strategy there.
+    // doctor names the kind (from Podman itself) and tries the strategies for real.
     let path = dir.path.display().to_string();
     let doctor = asme_podman(user, &dir.path, &["doctor", "--json", &path]).ok();
     let report: serde_json::Value = serde_json::from_str(&doctor).unwrap();
     assert_eq!(report["engine"]["kind"], "podman-rootless", "{doctor}");
-    assert_eq!(report["auto"], "plain", "{doctor}");
+    assert_eq!(report["strategies"]["fuse"]["ok"], true, "{doctor}");
+    assert_eq!(report["auto"], "rootless-fuse", "{doctor}");
+}
+
+/// asme's own mapping on rootless Podman (`--strategy fuse`, and auto for a program that
+/// changes users): served in the user and mount namespaces of Podman's pause process, so
+/// what the container's user writes, and what its root chowns to another user, stay the
+/// user's; the mounts go with the run.
+#[test]
+fn rootless_podman_fuse_serves_in_podmans_namespaces() {
+    let user = user1234();
+    podman_for(user);
+    let dir = TestDir::new(user, "podman-fuse");
+    let mount = format!("{}:/w", dir.path.display());
+    let run = |image: &str, script: &str| {
+        let args = [
+            "--strategy",
+            "fuse",
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "-v",
+            &mount,
+        ];
+        asme_podman(
+            user,
+            &dir.path,
+            &[&args[..], &[image, "sh", "-c", script]].concat(),
+        )
+    };
+    let as_1000 = run(
+        &local("user1000"),
+        "mkdir /w/d && touch /w/d/f && stat -c %u /w/d/f",
+    );
+    assert_eq!(as_1000.ok(), "1000\n");
+    let chowned = run(
+        &local("busybox"),
+        "touch /w/db && chown 999:999 /w/db && stat -c %u /w/db",
+    );
+    assert_eq!(chowned.ok(), "999\n");
+    for name in ["d", "d/f", "db"] {
+        let meta = fs::metadata(dir.join(name)).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (user.uid, user.gid), "{name}");
+    }
+    let pause = fs::read_to_string(format!("{}/libpod/tmp/pause.pid", runtime_dir(user))).unwrap();
+    let mounts = fs::read_to_string(format!("/proc/{}/mountinfo", pause.trim())).unwrap();
+    assert!(
+        !mounts.contains("fuse.asme"),
+        "a mount outlived its run:\n{mounts}"
+    );
 }
 
 /// An image whose USER is not root: plain rootless Podman stores its writes as a subordinate

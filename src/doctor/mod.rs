@@ -206,10 +206,9 @@ fn examine(program: Program, owner: Owner, path: Option<&Path>) -> Result<Report
             Err(e) => format!("unknown ({e:#})"),
         });
     let mut tested_in = None;
-    // Rootless Docker is tried for real: its strategies say themselves what they can do there.
-    let remapping = engine
-        .kind
-        .filter(|k| k.remaps_ids() && *k != Kind::Rootless);
+    // Rootless engines are tried for real: their strategies say what they can do there.
+    let rootless = matches!(kind, Some(Kind::Rootless | Kind::PodmanRootless));
+    let remapping = engine.kind.filter(|k| k.remaps_ids() && !rootless);
     let (strategies, auto) = match docker {
         None => (Strategies::failed("no engine"), "none".to_string()),
         // Its containers would leave files of subordinate ids in the scratch folder, and
@@ -232,9 +231,9 @@ fn examine(program: Program, owner: Owner, path: Option<&Path>) -> Result<Report
                         (Strategies::failed(&format!("{e:#}")), "none".to_string())
                     });
                 // A root container ran as plain docker would; other users get fuse, if it works.
-                let auto = match (kind, auto.as_str(), strategies.fuse.ok) {
-                    (Some(Kind::Rootless), "keep", true) => "rootless-fuse".to_string(),
-                    (Some(Kind::Rootless), "keep", false) => "rootless-plain".to_string(),
+                let auto = match (rootless, auto.as_str(), strategies.fuse.ok) {
+                    (true, "keep", true) => "rootless-fuse".to_string(),
+                    (true, "keep", false) => "rootless-plain".to_string(),
                     _ => auto,
                 };
                 (strategies, auto)
@@ -248,8 +247,8 @@ fn examine(program: Program, owner: Owner, path: Option<&Path>) -> Result<Report
         engine,
         kernel,
         path: PathReport {
-            // Rootless Docker refuses idmap whatever the filesystem.
-            idmap: (in_path && kind != Some(Kind::Rootless)).then_some(strategies.idmap.ok),
+            // A rootless engine refuses idmap whatever the filesystem.
+            idmap: (in_path && !rootless).then_some(strategies.idmap.ok),
             path,
             fs_type,
             tested_in,

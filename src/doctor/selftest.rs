@@ -21,15 +21,15 @@ const MOUNT: &str = "/w";
 pub fn run_all(engine: &Engine, dir: &Path, owner: Owner) -> Result<(Strategies, String)> {
     let exe = std::env::current_exe().context("finding the asme binary")?;
     let image = Throwaway::import(engine, &exe)?;
-    let test = |strategy: Name| self_test(&exe, strategy.as_str(), &image.tag, dir, owner);
+    let test = |strategy: &str| self_test(engine, &exe, strategy, &image.tag, dir, owner);
     let strategies = Strategies {
-        idmap: test(Name::Idmap),
-        fuse: test(Name::Fuse),
-        user: test(Name::User),
-        fix: test(Name::Fix),
+        idmap: test(Name::Idmap.as_str()),
+        fuse: test(Name::Fuse.as_str()),
+        user: test(Name::User.as_str()),
+        fix: test(Name::Fix.as_str()),
     };
     // What auto does here is what auto did, not a guess from the rows above.
-    let auto = self_test(&exe, "auto", &image.tag, dir, owner);
+    let auto = test("auto");
     let chosen = if auto.ok {
         auto.detail
     } else {
@@ -41,9 +41,17 @@ pub fn run_all(engine: &Engine, dir: &Path, owner: Owner) -> Result<(Strategies,
 /// `asme --strategy S -v run` of `asme doctor-write` writing into `dir`, then a look at who
 /// owns the file on the host.
 /// For `auto`, a passing outcome's detail is the name of the strategy it used.
-fn self_test(exe: &Path, strategy: &str, image: &str, dir: &Path, owner: Owner) -> Outcome {
+fn self_test(
+    engine: &Engine,
+    exe: &Path,
+    strategy: &str,
+    image: &str,
+    dir: &Path,
+    owner: Owner,
+) -> Outcome {
     let target = format!("{MOUNT}/{strategy}");
     let output = Command::new(exe)
+        .args(["--engine", engine.program.command()])
         .args(["--strategy", strategy, "--owner", &owner.to_string(), "-v"])
         .args(["run", "--rm", "--network=none", "-v"])
         .arg(format!("{}:{MOUNT}", dir.display()))

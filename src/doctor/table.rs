@@ -90,11 +90,11 @@ pub fn table(report: &Report) -> String {
         "plain" => "auto: this engine stores container ids as other ids, which asme does not \
                     map yet: asme run runs containers as plain docker would\n"
             .to_string(),
-        "rootless-fuse" => "auto: on rootless docker a root container runs as plain docker \
+        "rootless-fuse" => "auto: on a rootless engine a root container runs as plain docker \
                             would (root is you on disk); other container users get the fuse \
-                            strategy\n"
+                            strategy (on Podman, its own --userns=keep-id)\n"
             .to_string(),
-        "rootless-plain" => "auto: on rootless docker containers run as plain docker would: \
+        "rootless-plain" => "auto: on a rootless engine containers run as plain docker would: \
                              root's writes are yours, other users' subordinate ids (fuse fails \
                              here)\n"
             .to_string(),

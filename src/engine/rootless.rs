@@ -1,43 +1,46 @@
-//! Rootless Docker's own namespaces: the user namespace its user owns (the user is root in
-//! it, subordinate ids are the other ids) and the mount namespace its daemon resolves bind
-//! sources in. A mount that asme makes there, as that user, is one the engine can see and
-//! that names ids the way the engine's containers see them.
+//! A rootless engine's own namespaces: the user namespace its user owns (the user is root in
+//! it, subordinate ids are the other ids) and the mount namespace it resolves bind sources
+//! in. Rootless Docker's daemon holds them; rootless Podman has no daemon, and its pause
+//! process (`podman unshare` joins it) holds them. A mount that asme makes there, as that
+//! user, is one the engine can see and that names ids the way its containers see them.
 
 use std::path::Path;
 
 use anyhow::{Result, anyhow, bail};
 
-use super::Engine;
+use super::{Engine, Program};
 use crate::owner::Owner;
 
-/// The rootless daemon that serves an engine, and whom its owner is inside its namespace.
+/// The process that holds a rootless engine's namespaces, and whom the owner is inside.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RootlessDaemon {
+pub struct RootlessNamespaces {
     pub pid: u32,
     /// The owner's uid and gid as the engine's containers see them (0:0 for the daemon's
     /// own user).
     pub owner_inside: (u32, u32),
 }
 
-impl RootlessDaemon {
-    /// The rootless dockerd of `engine`, run by this process's user: the one listening on the
-    /// engine's socket, or the only one of this user's where the socket is not known. `owner`
-    /// must have an id in its namespace: a rootless engine stores files only as its own ids.
-    pub fn of(engine: &Engine, owner: Owner) -> Result<RootlessDaemon> {
-        let pid = match engine.api_socket() {
-            Some(socket) => listening_daemon(socket).ok_or_else(|| {
+impl RootlessNamespaces {
+    /// The namespaces of `engine`, run by this process's user: for Docker, those of the
+    /// rootless dockerd listening on the engine's socket (or the only one of this user's
+    /// where the socket is not known); for Podman, its pause process's. `owner` must have an
+    /// id in them: a rootless engine stores files only as its own ids.
+    pub fn of(engine: &Engine, owner: Owner) -> Result<RootlessNamespaces> {
+        let pid = match (engine.program, engine.api_socket()) {
+            (Program::Podman, _) => podman_pause_process(engine)?,
+            (Program::Docker, Some(socket)) => listening_daemon(socket).ok_or_else(|| {
                 anyhow!(
                     "no rootless dockerd of yours listens on {}",
                     socket.display()
                 )
             })?,
-            None => only_daemon()?,
+            (Program::Docker, None) => only_daemon()?,
         };
         let read = |what: &str| std::fs::read_to_string(format!("/proc/{pid}/{what}"));
         let (uid_map, gid_map) = (read("uid_map")?, read("gid_map")?);
         let inside = |id: u32, map: &str| id_inside(id, map);
         match (inside(owner.uid, &uid_map), inside(owner.gid, &gid_map)) {
-            (Some(uid), Some(gid)) => Ok(RootlessDaemon {
+            (Some(uid), Some(gid)) => Ok(RootlessNamespaces {
                 pid,
                 owner_inside: (uid, gid),
             }),
@@ -46,20 +49,48 @@ impl RootlessDaemon {
     }
 }
 
-/// This user's dockerd processes (`comm` dockerd, owned by the real uid).
-fn own_daemons() -> impl Iterator<Item = u32> {
+/// Rootless Podman's pause process, started (`podman unshare true`) if none runs: Podman
+/// starts it on first use and keeps it, and `podman system migrate` ends it.
+fn podman_pause_process(engine: &Engine) -> Result<u32> {
+    let runtime = std::env::var_os("XDG_RUNTIME_DIR")
+        .filter(|d| !d.is_empty())
+        .map_or_else(
+            || format!("/run/user/{}", crate::sys::real_ids().0).into(),
+            std::path::PathBuf::from,
+        );
+    let pidfile = runtime.join("libpod/tmp/pause.pid");
+    let running = || {
+        let pid = std::fs::read_to_string(&pidfile)
+            .ok()?
+            .trim()
+            .parse::<u32>()
+            .ok()?;
+        is_own(pid, "podman pause").then_some(pid)
+    };
+    if let Some(pid) = running() {
+        return Ok(pid);
+    }
+    engine.output(["unshare", "true"])?;
+    running().ok_or_else(|| anyhow!("rootless Podman's pause process is not running"))
+}
+
+/// Whether process `pid` is this user's and named `comm`.
+fn is_own(pid: u32, comm: &str) -> bool {
     let uid = crate::sys::real_ids().0;
+    let owner = std::fs::metadata(format!("/proc/{pid}"))
+        .map(|meta| std::os::unix::fs::MetadataExt::uid(&meta));
+    let name = std::fs::read_to_string(format!("/proc/{pid}/comm"));
+    owner.is_ok_and(|o| o == uid) && name.is_ok_and(|n| n.trim_end() == comm)
+}
+
+/// This user's dockerd processes.
+fn own_daemons() -> impl Iterator<Item = u32> {
     std::fs::read_dir("/proc")
         .into_iter()
         .flatten()
         .flatten()
-        .filter_map(move |entry| {
-            let pid = entry.file_name().to_str()?.parse::<u32>().ok()?;
-            let meta = std::fs::metadata(entry.path()).ok()?;
-            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
-            (std::os::unix::fs::MetadataExt::uid(&meta) == uid && comm.trim_end() == "dockerd")
-                .then_some(pid)
-        })
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| is_own(*pid, "dockerd"))
 }
 
 /// The dockerd of ours that listens on `socket` (its network namespace's unix sockets: a

@@ -3,9 +3,9 @@
 //! cannot idmap: filesystems that refuse idmapped mounts (NFS, FUSE), and FUSE shares the
 //! user mounted without `allow_other`, which neither the engine nor the agent may enter.
 //!
-//! On rootless Docker the servers run in the daemon's user and mount namespaces, which the
-//! user owns: the engine sees their mounts there, and they store what the container's user
-//! writes as the user's own id inside (root there), which is the user on the host.
+//! On a rootless engine (Docker, Podman) the servers run in its user and mount namespaces,
+//! which the user owns: the engine sees their mounts there, and they store what the
+//! container's user writes as the user's own id inside (root there), the user on the host.
 //!
 //! docker runs as a child; when it returns, the host's view of each mount is detached, and its
 //! server exits when the container lets go of it (at once, or when a `-d` container stops).
@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 
 use super::{Launch, Name, Prepared, Refusal, container_ids, durable, keep::keep_user};
-use crate::engine::rootless::RootlessDaemon;
+use crate::engine::rootless::RootlessNamespaces;
 use crate::fs;
 use crate::plugin::options::Mapping;
 use crate::run::Context;
@@ -26,17 +26,17 @@ pub fn prepare<'a>(ctx: &'a Context, args: &RunArgs) -> Result<Prepared<'a>, Ref
     prepare_in(ctx, args, None)
 }
 
-/// On rootless Docker: served in the daemon's namespaces (the volume driver cannot run
-/// there, so a container that outlives the run keeps the mounts of this run only).
+/// On a rootless engine: served in its own namespaces (no volume driver runs there, so a
+/// container that outlives the run keeps the mounts of this run only).
 pub fn prepare_rootless<'a>(ctx: &'a Context, args: &RunArgs) -> Result<Prepared<'a>, Refusal> {
-    let daemon = RootlessDaemon::of(&ctx.engine, ctx.owner).map_err(Refusal::Unavailable)?;
-    prepare_in(ctx, args, Some(daemon))
+    let rootless = RootlessNamespaces::of(&ctx.engine, ctx.owner).map_err(Refusal::Unavailable)?;
+    prepare_in(ctx, args, Some(rootless))
 }
 
 fn prepare_in<'a>(
     ctx: &'a Context,
     args: &RunArgs,
-    daemon: Option<RootlessDaemon>,
+    rootless: Option<RootlessNamespaces>,
 ) -> Result<Prepared<'a>, Refusal> {
     let container = container_ids(ctx, args)?;
     super::refuse_root_owner(ctx, Name::Fuse)?;
@@ -51,19 +51,19 @@ fn prepare_in<'a>(
     ));
     let open = super::open_binds(ctx, args)?;
     let mut prepared = keep_user(ctx, args);
-    if daemon.is_none()
+    if rootless.is_none()
         && let Some(durable) = durable::driver_args(ctx, args, &open, container, Mapping::Fuse)
     {
         prepared.args = durable;
         return Ok(prepared);
     }
     // This run's own servers: the user mounts, and docker must reach the mounts.
-    fs::mount::usable_for_docker(daemon.is_some()).map_err(Refusal::Unavailable)?;
-    let owner = daemon.map_or((ctx.owner.uid, ctx.owner.gid), |d| d.owner_inside);
+    fs::mount::usable_for_docker(rootless.is_some()).map_err(Refusal::Unavailable)?;
+    let owner = rootless.map_or((ctx.owner.uid, ctx.owner.gid), |d| d.owner_inside);
     let map = fs::map::OwnerMap::single(owner, container);
     let mut mounted = FuseMounts {
         points: Vec::new(),
-        daemon,
+        rootless,
         exe: &ctx.exe,
     };
     for (i, source) in open.paths.iter().enumerate() {
@@ -83,7 +83,7 @@ fn prepare_in<'a>(
         // owner's on disk.
         let how = fs::mount::ServerOptions {
             record_owners: true,
-            enter: daemon.map(|d| d.pid),
+            enter: rootless.map(|d| d.pid),
             ..Default::default()
         };
         if let Err(e) = fs::mount::spawn_server(&ctx.exe, &map, source, &point, how) {
@@ -103,18 +103,18 @@ fn prepare_in<'a>(
 /// uses them) and their folders removed when dropped, whatever happened.
 struct FuseMounts<'a> {
     points: Vec<PathBuf>,
-    /// The rootless daemon in whose namespaces they were mounted.
-    daemon: Option<RootlessDaemon>,
+    /// The rootless engine in whose namespaces they were mounted.
+    rootless: Option<RootlessNamespaces>,
     exe: &'a Path,
 }
 
 impl Drop for FuseMounts<'_> {
     fn drop(&mut self) {
         for point in &self.points {
-            let detached = match self.daemon {
+            let detached = match self.rootless {
                 None => fs::mount::umount(point, true, None),
                 // This process has threads, and setns needs one: a child of its own does it.
-                Some(daemon) => umount_in_namespaces(self.exe, point, daemon.pid),
+                Some(rootless) => umount_in_namespaces(self.exe, point, rootless.pid),
             };
             if let Err(e) = detached {
                 eprintln!("asme: {e:#}");

@@ -142,10 +142,10 @@ pub fn prepare<'a>(
                 Err(why) => eprintln!("asme: notice: idmap strategy unavailable ({why:#})"),
             }
         }
-        if kind == crate::engine::Kind::Rootless {
-            return remapping::on_rootless_docker(ctx, args, strategy);
+        if kind == crate::engine::Kind::UsernsRemap {
+            return remapping::on_userns_remap(ctx, args, strategy);
         }
-        return remapping::on_remapping_engine(ctx, args, strategy, kind);
+        return remapping::on_rootless_engine(ctx, args, strategy, kind);
     }
     if let Some(name) = Name::chosen(strategy) {
         return match name.prepare(ctx, args) {
