@@ -124,8 +124,8 @@ impl Engine {
     }
 
     /// What kind of engine answers, where it can be told cheaply: Docker's API socket (two
-    /// GETs of about a millisecond), or `podman info` for Podman (whose Docker-compatible
-    /// answers do not say whether it runs rootless). `None` where neither answers (a context:
+    /// GETs of about a millisecond), or for Podman (whose Docker-compatible answers do not
+    /// say whether it runs rootless) who runs it. `None` where neither answers (a context:
     /// then asme does not know, and assumes a rootful engine).
     pub fn kind(&self) -> Option<Kind> {
         self.kind_and_info().map(|(kind, _)| kind)
@@ -147,10 +147,17 @@ impl Engine {
                 Some((kind, info))
             }
             Program::Podman => {
-                let rootless = self
-                    .output(["info", "--format", "{{.Host.Security.Rootless}}"])
-                    .ok()?;
-                let kind = if rootless.trim() == "true" {
+                // A local podman is rootless exactly when not run as root (Podman's own
+                // rule); `podman info` (half a second: it asks dpkg about its helpers) only
+                // for a remote one.
+                let rootless = match self.endpoint.as_deref() {
+                    None | Some("podman") => !rustix::process::geteuid().is_root(),
+                    Some(_) => {
+                        let info = self.output(["info", "--format", "{{.Host.Security.Rootless}}"]);
+                        info.ok()?.trim() == "true"
+                    }
+                };
+                let kind = if rootless {
                     Kind::PodmanRootless
                 } else {
                     Kind::Podman
