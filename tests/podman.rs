@@ -194,6 +194,7 @@ fn rootless_podman_with_a_user_image_writes_as_the_user() {
 /// hosts allow (this one's hard limit is 20000), and crun refuses hybrid cgroup hosts.
 #[test]
 fn rootful_podman_through_its_docker_api_writes_as_the_user() {
+    let _store = root_store();
     let user = user1234();
     let service = PodmanService::start();
     let dir = TestDir::new(user, "podman-rootful");
@@ -223,6 +224,93 @@ fn rootful_podman_through_its_docker_api_writes_as_the_user() {
     fs::remove_file(dir.join("plain")).unwrap();
 }
 
+/// One test at a time in root's Podman store: its agents share asme's image there, which
+/// `asme agent stop` removes.
+fn root_store() -> std::sync::MutexGuard<'static, ()> {
+    static STORE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    STORE
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A `containers.conf` for root's Podman in `dir`: Podman's default ulimits (nofile 1048576)
+/// exceed what some hosts allow (this one's hard limit is 20000), and crun refuses hybrid
+/// cgroup hosts.
+fn rootful_conf(dir: &Path) -> std::path::PathBuf {
+    let conf = dir.join("containers.conf");
+    fs::write(
+        &conf,
+        "[containers]\ndefault_ulimits = [\"nofile=20000:20000\", \"nproc=32768:32768\"]\n\
+         [engine]\nruntime = \"runc\"\n",
+    )
+    .unwrap();
+    conf
+}
+
+/// The busybox test image, in root's Podman store.
+fn load_for_root(conf: &Path) {
+    let mut save = Command::new("docker")
+        .args(["save", &image("busybox")])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut load = Command::new("podman");
+    load.env("CONTAINERS_CONF", conf)
+        .args(["load", "-q"])
+        .stdin(save.stdout.take().unwrap());
+    ok(load);
+    assert!(save.wait().unwrap().success());
+}
+
+/// `sudo asme --engine podman run`: root's own Podman CLI, for the user who ran sudo. The
+/// idmap strategy's agent runs in Podman under a name of its own (the store is shared with
+/// Podman's service, whose agent is another), and the user strategy's HOME is a tmpfs given
+/// to the user Podman's way (`U`: Podman's --tmpfs takes no uid=).
+#[test]
+fn rootful_podman_cli_under_sudo_writes_as_the_user() {
+    let _store = root_store();
+    let user = user1234();
+    let dir = TestDir::new(user, "podman-sudo");
+    let conf = rootful_conf(&dir.path);
+    load_for_root(&conf);
+    let mount = format!("{}:/w", dir.path.display());
+    let sudo = |args: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_asme"));
+        cmd.current_dir(&dir.path)
+            .env("CONTAINERS_CONF", &conf)
+            .env("SUDO_UID", user.uid.to_string())
+            .env("SUDO_GID", user.gid.to_string())
+            .env("SUDO_USER", &user.name)
+            .arg("--engine")
+            .arg("podman")
+            .args(args)
+            .stdin(Stdio::null());
+        Run::of(cmd)
+    };
+    let run = |strategy: &str, script: &str| {
+        let args = [
+            "--strategy",
+            strategy,
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "-v",
+        ];
+        sudo(&[&args[..], &[&mount, &local("busybox"), "sh", "-c", script]].concat())
+    };
+    assert_eq!(run("idmap", "touch /w/idmap; id -u").ok(), "0\n");
+    let home = "touch /w/user; id -u; touch \"$HOME/x\" && echo $HOME";
+    let expected = format!("{}\n{}\n", user.uid, user.home.display());
+    assert_eq!(run("user", home).ok(), expected);
+    for name in ["idmap", "user"] {
+        let meta = fs::metadata(dir.join(name)).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (user.uid, user.gid), "{name}");
+    }
+    sudo(&["agent", "stop"]).ok();
+    fs::remove_file(dir.join("containers.conf")).unwrap();
+}
+
 /// `podman system service` as root on a socket of the test's own (group docker, 0660), with
 /// its own configuration; stopped when dropped.
 struct PodmanService {
@@ -236,13 +324,7 @@ impl PodmanService {
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
         fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-        let conf = dir.join("containers.conf");
-        fs::write(
-            &conf,
-            "[containers]\ndefault_ulimits = [\"nofile=20000:20000\", \"nproc=32768:32768\"]\n\
-             [engine]\nruntime = \"runc\"\n",
-        )
-        .unwrap();
+        let conf = rootful_conf(&dir);
         let socket = dir.join("podman.sock");
         let child = Command::new("podman")
             .env("CONTAINERS_CONF", &conf)
@@ -264,16 +346,7 @@ impl PodmanService {
         }
         ok(Command::new("chgrp").arg("docker").arg(&socket));
         fs::set_permissions(&socket, std::os::unix::fs::PermissionsExt::from_mode(0o660)).unwrap();
-        // The test image, in root's Podman store.
-        let mut save = Command::new("docker")
-            .args(["save", &image("busybox")])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut load = Command::new("podman");
-        load.args(["load", "-q"]).stdin(save.stdout.take().unwrap());
-        ok(load);
-        assert!(save.wait().unwrap().success());
+        load_for_root(&conf);
         service
     }
 
@@ -284,8 +357,10 @@ impl PodmanService {
 
 impl Drop for PodmanService {
     fn drop(&mut self) {
-        let _ = Command::new("podman")
-            .args(["rm", "-f", "asme-agent"])
+        // The agent of this engine, if the test did not get to stop it.
+        let _ = Command::new(env!("CARGO_BIN_EXE_asme"))
+            .env("DOCKER_HOST", self.host())
+            .args(["agent", "stop"])
             .output();
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(self.child.id() as i32),

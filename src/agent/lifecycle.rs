@@ -18,8 +18,6 @@ use anyhow::{Result, bail};
 use super::protocol::RunDir;
 use crate::engine::{Engine, SELF_IMAGE_LABEL};
 
-/// The agent container's name: one per engine.
-pub const CONTAINER: &str = "asme-agent";
 /// Label on everything agent-related, so `asme agent stop` finds it all.
 const LABEL: &str = "asme.agent=1";
 /// How long starting the agent and any one request may take.
@@ -80,7 +78,7 @@ fn inspect(engine: &Engine) -> Option<Found> {
             "inspect",
             "--format",
             "{{.Id}} {{.Config.Image}} {{.State.Running}}",
-            CONTAINER,
+            &run_dir(engine).container_name(),
         ])
         .ok()?;
     let mut fields = out.split_whitespace();
@@ -98,7 +96,9 @@ fn ensure_running(engine: &Engine, image: &str, deadline: Instant) -> Result<()>
             Some(found) if found.running && found.image == image => return Ok(()),
             None => create(engine, image),
             Some(found) if found.image != image => remove(engine, &found.id).map(|()| false),
-            Some(_) => engine.output(["start", CONTAINER]).map(|_| true),
+            Some(_) => engine
+                .output(["start", &run_dir(engine).container_name()])
+                .map(|_| true),
         };
         match step {
             Ok(true) => return Ok(()),
@@ -135,12 +135,13 @@ fn is_race(e: &anyhow::Error) -> bool {
 /// in a fix (DAC_READ_SEARCH). No network, a read-only root, no restart policy. A stopped
 /// agent is started again as it is (its log tells why it stopped) until `asme agent stop`.
 fn create(engine: &Engine, image: &str) -> Result<bool> {
+    let name = run_dir(engine).container_name();
     engine
         .output([
             "run",
             "-d",
             "--name",
-            CONTAINER,
+            &name,
             "--label",
             LABEL,
             "--pid=host",
@@ -194,7 +195,7 @@ pub fn replace_other_build(engine: &Engine, exe: &Path) -> Result<()> {
 
 /// The agent's last words, for an error message.
 fn agent_log(engine: &Engine) -> String {
-    match engine.output(["logs", "--tail", "2", CONTAINER]) {
+    match engine.output(["logs", "--tail", "2", &run_dir(engine).container_name()]) {
         Ok(log) if !log.trim().is_empty() => format!(": {}", log.trim().replace('\n', "; ")),
         _ => String::new(),
     }
@@ -203,13 +204,15 @@ fn agent_log(engine: &Engine) -> String {
 /// `asme agent stop`: stops the agent (it detaches every lease on its way out) and removes
 /// its container and asme's images.
 pub fn stop(engine: &Engine) -> Result<()> {
+    let name = run_dir(engine).container_name();
     for step in [
-        &["stop", "--time", "10", CONTAINER][..],
-        &["rm", "-f", CONTAINER],
+        &["stop", "--time", "10", name.as_str()][..],
+        &["rm", "-f", name.as_str()],
     ] {
         match engine.output(step) {
             Ok(_) => {}
-            Err(e) if e.to_string().contains("No such container") => {}
+            // docker: "No such container"; podman: "no such container".
+            Err(e) if e.to_string().to_lowercase().contains("no such container") => {}
             Err(e) => return Err(e.context("stopping the asme agent")),
         }
     }

@@ -42,6 +42,18 @@ impl RunDir {
         }
     }
 
+    /// The agent container's name: `asme-agent` for the default engine, `asme-agent-ID` for
+    /// another (two engines may share one store: Podman's CLI and its service do).
+    pub fn container_name(&self) -> String {
+        match self
+            .0
+            .strip_prefix(Path::new(DEFAULT_RUN_DIR).join("engines"))
+        {
+            Ok(id) => format!("asme-agent-{}", id.display()),
+            Err(_) => "asme-agent".to_string(),
+        }
+    }
+
     /// Where the agent listens: root:docker, mode 0660.
     pub fn socket(&self) -> PathBuf {
         self.0.join("agent.sock")
@@ -192,8 +204,15 @@ mod tests {
         ] {
             assert_eq!(RunDir::for_endpoint(endpoint), default, "{endpoint:?}");
         }
+        assert_eq!(default.container_name(), "asme-agent");
         let own = RunDir::for_endpoint(Some("unix:///tmp/asme-e2e/d1/docker.sock"));
         let podman = RunDir::for_endpoint(Some("unix:///run/podman/podman.sock"));
+        let name = own.container_name();
+        assert!(
+            name.starts_with("asme-agent-") && name.len() == 27,
+            "{name}"
+        );
+        assert_ne!(name, podman.container_name());
         assert!(own.0.starts_with("/run/asme/engines/"), "{own:?}");
         assert_ne!(own, podman);
         assert_eq!(

@@ -65,7 +65,12 @@ impl Engine {
         let output = self.run_captured(["image", "inspect", "--format", "{{json .}}", image])?;
         if !output.status.success() {
             let stderr = String::from_utf8_lossy(&output.stderr);
-            if stderr.to_ascii_lowercase().contains("no such image") {
+            // docker: "No such image"; podman: "image not known".
+            let stderr_lower = stderr.to_ascii_lowercase();
+            if ["no such image", "image not known"]
+                .iter()
+                .any(|m| stderr_lower.contains(m))
+            {
                 return Ok(None);
             }
             return Err(cli_error(&stderr));

@@ -95,7 +95,12 @@ pub fn run(request: Request, argv: &[String]) -> Result<Exit> {
         ctx.say("--init dropped: asme is the container's init");
     }
     let (_, prepared) = strategy::prepare(&ctx, &args, request.strategy)?;
-    let final_argv = plan::rewrite(&prepared.args, &command, &prepared.inject);
+    let final_argv = plan::rewrite(
+        &prepared.args,
+        &command,
+        &prepared.inject,
+        ctx.engine.program,
+    );
     ctx.say(format_args!(
         "{} {}",
         ctx.engine.program.command(),

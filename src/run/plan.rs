@@ -194,7 +194,12 @@ pub struct Injection<'a> {
 
 /// The final `docker run` argv: the user's options minus [`REPLACED_FLAGS`], asme's own
 /// options, then the image with asme as entrypoint and the original command after `--`.
-pub fn rewrite(args: &RunArgs, command: &[String], inject: &Injection) -> Vec<String> {
+pub fn rewrite(
+    args: &RunArgs,
+    command: &[String],
+    inject: &Injection,
+    program: engine::Program,
+) -> Vec<String> {
     // The image always follows an explicit `--`, written by asme whether or not the user did.
     let mut kept = args.clone();
     kept.remove(&REPLACED_FLAGS);
@@ -215,9 +220,13 @@ pub fn rewrite(args: &RunArgs, command: &[String], inject: &Injection) -> Vec<St
     if let Some((path, uid, gid)) = &inject.home_tmpfs {
         // exec: a HOME may hold tools (pip --user, cargo); nosuid,nodev as docker's own tmpfs.
         argv.push("--tmpfs".into());
-        argv.push(format!(
-            "{path}:rw,exec,nosuid,nodev,mode=0755,uid={uid},gid={gid}"
-        ));
+        // Podman's --tmpfs takes no uid=/gid=; its `U` gives the tmpfs to the container's
+        // user, which is the owner asme sets with --user.
+        let owned = match program {
+            engine::Program::Docker => format!("uid={uid},gid={gid}"),
+            engine::Program::Podman => "U".to_string(),
+        };
+        argv.push(format!("{path}:rw,exec,nosuid,nodev,mode=0755,{owned}"));
     }
     if let Some(home) = &inject.home_env {
         argv.push("--env".into());
@@ -514,7 +523,15 @@ mod tests {
             "-c",
             "ls --rm",
         ];
-        assert_eq!(rewrite(&a, &command, &inject), want);
+        assert_eq!(
+            rewrite(&a, &command, &inject, engine::Program::Docker),
+            want
+        );
+        // Podman's --tmpfs gives the HOME to the container's user its own way.
+        let podman = rewrite(&a, &command, &inject, engine::Program::Podman);
+        let tmpfs = "/home/alice:rw,exec,nosuid,nodev,mode=0755,U";
+        assert_eq!(podman.iter().position(|o| o == tmpfs), Some(14));
+        assert_eq!(podman.len(), want.len());
     }
 
     #[test]
