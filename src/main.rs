@@ -1,5 +1,6 @@
 //! asme's entry point: parse, dispatch, print one error line, exit.
 
+use std::ffi::OsString;
 use std::process::ExitCode;
 
 use anyhow::Result;
@@ -8,12 +9,29 @@ use clap::{CommandFactory as _, Parser as _};
 use asme::cache::Cache;
 use asme::chown::SummaryTo;
 use asme::cli::{AgentCommand, Cli, Command, ContextCommand, PluginCommand};
+use asme::cli_plugin::{self, Invocation};
 use asme::engine::Engine;
 use asme::exit::Exit;
-use asme::{agent, doctor, fix, fs, init, run};
+use asme::{agent, doctor, fix, fs, init, manual, run};
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    // `docker asme ...` runs this binary as the plugin docker-asme.
+    let args = match cli_plugin::invocation(std::env::args_os().collect()) {
+        Ok(Invocation::Args(args)) => args,
+        Ok(Invocation::Metadata) => {
+            println!("{}", cli_plugin::metadata());
+            return Exit::Success.into();
+        }
+        Ok(Invocation::Reexec { args, env }) => {
+            eprintln!("asme: {:#}", cli_plugin::reexec(&args, &env));
+            return usage_error(&args).into();
+        }
+        Err(err) => {
+            eprintln!("asme: {err:#}");
+            return Exit::Usage.into();
+        }
+    };
+    let cli = match Cli::try_parse_from(&args) {
         Ok(cli) => cli,
         Err(err) if !err.use_stderr() => err.exit(), // --help, --version
         Err(err) => {
@@ -21,7 +39,7 @@ fn main() -> ExitCode {
             let message = err.to_string();
             let first = message.lines().next().unwrap_or_default();
             eprintln!("asme: {}", first.strip_prefix("error: ").unwrap_or(first));
-            return usage_error().into();
+            return usage_error(&args).into();
         }
     };
     // `asme run` fails as `docker run` does; the other commands as tools usually do.
@@ -89,6 +107,35 @@ fn dispatch(cli: &Cli) -> Result<Exit> {
                 .map(done)
         }
         Command::Context { command } => context(cli, command).map(done),
+        Command::Install(_) => {
+            let exe = std::env::current_exe()?;
+            let link = cli_plugin::install(&cli_plugin::user_dir()?, &exe)?;
+            eprintln!("docker asme: {} -> {}", link.display(), exe.display());
+            Ok(Exit::Success)
+        }
+        Command::Uninstall(_) => {
+            let dir = cli_plugin::user_dir()?;
+            match cli_plugin::uninstall(&dir)? {
+                Some(link) => eprintln!("removed {}", link.display()),
+                None => eprintln!("docker asme was not installed in {}", dir.display()),
+            }
+            if let Some(system) = cli_plugin::system_link() {
+                eprintln!(
+                    "{} (the package's) stays until the package goes",
+                    system.display()
+                );
+            }
+            Ok(Exit::Success)
+        }
+        Command::Completions { shell } => {
+            let script = manual::completions(*shell);
+            match std::io::Write::write_all(&mut std::io::stdout(), &script) {
+                // A reader that has had enough (`| head`) is no failure.
+                Err(err) if err.kind() != std::io::ErrorKind::BrokenPipe => Err(err.into()),
+                _ => Ok(Exit::Success),
+            }
+        }
+        Command::Manpages { dir } => manual::write_pages(dir).map(|_| Exit::Success),
         Command::Agent {
             command: AgentCommand::Serve { daemon, run_dir },
         } => agent::server::serve(daemon, run_dir).map(done),
@@ -139,10 +186,10 @@ fn context(cli: &Cli, command: &ContextCommand) -> Result<()> {
 
 /// The exit status for a command line clap refused: `docker run`'s 125 when it was meant for
 /// `asme run`, clap's 2 otherwise.
-fn usage_error() -> Exit {
+fn usage_error(args: &[OsString]) -> Exit {
     let matches = Cli::command()
         .ignore_errors(true)
-        .try_get_matches_from(std::env::args_os());
+        .try_get_matches_from(args);
     match matches.as_ref().ok().and_then(|m| m.subcommand_name()) {
         Some("run") => Exit::RunFailed,
         _ => Exit::Usage,
