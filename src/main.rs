@@ -34,11 +34,27 @@ fn main() -> ExitCode {
     let cli = match Cli::try_parse_from(&args) {
         Ok(cli) => cli,
         Err(err) if !err.use_stderr() => err.exit(), // --help, --version
+        // No command at all (`asme`, `docker asme`): the whole help, status 2.
+        Err(err)
+            if err.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand =>
+        {
+            err.exit()
+        }
         Err(err) => {
-            // clap adds usage and a tip; asme's errors are one line.
+            // clap adds usage and a tip; asme's errors are one line (with the missing
+            // arguments, which clap lists below its first line).
             let message = err.to_string();
-            let first = message.lines().next().unwrap_or_default();
-            eprintln!("asme: {}", first.strip_prefix("error: ").unwrap_or(first));
+            let mut lines = message.lines().map(str::trim).filter(|l| !l.is_empty());
+            let first = lines.next().unwrap_or_default();
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            match first.strip_suffix(':') {
+                Some(first) => {
+                    let missing: Vec<&str> =
+                        lines.take_while(|l| !l.starts_with("Usage:")).collect();
+                    eprintln!("asme: {first}: {}", missing.join(", "));
+                }
+                None => eprintln!("asme: {first}"),
+            }
             return usage_error(&args).into();
         }
     };
