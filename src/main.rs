@@ -15,46 +15,22 @@ use asme::exit::Exit;
 use asme::{agent, doctor, fix, fs, init, manual, run};
 
 fn main() -> ExitCode {
-    // `docker asme ...` runs this binary as the plugin docker-asme.
-    let args = match cli_plugin::invocation(std::env::args_os().collect()) {
-        Ok(Invocation::Args(args)) => args,
-        Ok(Invocation::Metadata) => {
-            println!("{}", cli_plugin::metadata());
-            return Exit::Success.into();
-        }
-        Ok(Invocation::Reexec { args, env }) => {
-            eprintln!("asme: {:#}", cli_plugin::reexec(&args, &env));
-            return usage_error(&args).into();
-        }
-        Err(err) => {
-            eprintln!("asme: {err:#}");
-            return Exit::Usage.into();
-        }
+    let args = match command_line() {
+        Ok(args) => args,
+        Err(exit) => return exit.into(),
     };
     let cli = match Cli::try_parse_from(&args) {
         Ok(cli) => cli,
-        Err(err) if !err.use_stderr() => err.exit(), // --help, --version
-        // No command at all (`asme`, `docker asme`): the whole help, status 2.
+        // --help, --version, and no command at all (`asme`, `docker asme`): clap's whole text.
         Err(err)
-            if err.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand =>
+            if !err.use_stderr()
+                || err.kind()
+                    == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand =>
         {
             err.exit()
         }
         Err(err) => {
-            // clap adds usage and a tip; asme's errors are one line (with the missing
-            // arguments, which clap lists below its first line).
-            let message = err.to_string();
-            let mut lines = message.lines().map(str::trim).filter(|l| !l.is_empty());
-            let first = lines.next().unwrap_or_default();
-            let first = first.strip_prefix("error: ").unwrap_or(first);
-            match first.strip_suffix(':') {
-                Some(first) => {
-                    let missing: Vec<&str> =
-                        lines.take_while(|l| !l.starts_with("Usage:")).collect();
-                    eprintln!("asme: {first}: {}", missing.join(", "));
-                }
-                None => eprintln!("asme: {first}"),
-            }
+            eprintln!("asme: {}", one_line(&err));
             return usage_error(&args).into();
         }
     };
@@ -123,26 +99,8 @@ fn dispatch(cli: &Cli) -> Result<Exit> {
                 .map(done)
         }
         Command::Context { command } => context(cli, command).map(done),
-        Command::Install(_) => {
-            let exe = std::env::current_exe()?;
-            let link = cli_plugin::install(&cli_plugin::user_dir()?, &exe)?;
-            eprintln!("docker asme: {} -> {}", link.display(), exe.display());
-            Ok(Exit::Success)
-        }
-        Command::Uninstall(_) => {
-            let dir = cli_plugin::user_dir()?;
-            match cli_plugin::uninstall(&dir)? {
-                Some(link) => eprintln!("removed {}", link.display()),
-                None => eprintln!("docker asme was not installed in {}", dir.display()),
-            }
-            if let Some(system) = cli_plugin::system_link() {
-                eprintln!(
-                    "{} (the package's) stays until the package goes",
-                    system.display()
-                );
-            }
-            Ok(Exit::Success)
-        }
+        Command::Install(_) => install_cli_plugin().map(done),
+        Command::Uninstall(_) => uninstall_cli_plugin().map(done),
         Command::Completions { shell } => {
             let script = manual::completions(*shell);
             match std::io::Write::write_all(&mut std::io::stdout(), &script) {
@@ -183,6 +141,28 @@ fn plugin(cli: &Cli, command: &PluginCommand) -> Result<()> {
     }
 }
 
+fn install_cli_plugin() -> Result<()> {
+    let exe = std::env::current_exe()?;
+    let link = cli_plugin::install(&cli_plugin::user_dir()?, &exe)?;
+    eprintln!("docker asme: {} -> {}", link.display(), exe.display());
+    Ok(())
+}
+
+fn uninstall_cli_plugin() -> Result<()> {
+    let dir = cli_plugin::user_dir()?;
+    match cli_plugin::uninstall(&dir)? {
+        Some(link) => eprintln!("removed {}", link.display()),
+        None => eprintln!("docker asme was not installed in {}", dir.display()),
+    }
+    if let Some(system) = cli_plugin::system_link() {
+        eprintln!(
+            "{} (the package's) stays until the package goes",
+            system.display()
+        );
+    }
+    Ok(())
+}
+
 fn context(cli: &Cli, command: &ContextCommand) -> Result<()> {
     use asme::proxy::{self, context};
     let engine = Engine::detect(cli.engine)?;
@@ -197,6 +177,42 @@ fn context(cli: &Cli, command: &ContextCommand) -> Result<()> {
             Ok(())
         }
         ContextCommand::Uninstall => context::uninstall(&engine),
+    }
+}
+
+/// asme's command line: as typed, or from under docker's plugin layer (`docker asme ...`
+/// runs this binary as docker-asme). Err: done already (the plugin's metadata), or failed.
+fn command_line() -> Result<Vec<OsString>, Exit> {
+    match cli_plugin::invocation(std::env::args_os().collect()) {
+        Ok(Invocation::Args(args)) => Ok(args),
+        Ok(Invocation::Metadata) => {
+            println!("{}", cli_plugin::metadata());
+            Err(Exit::Success)
+        }
+        Ok(Invocation::Reexec { args, env }) => {
+            eprintln!("asme: {:#}", cli_plugin::reexec(&args, &env));
+            Err(usage_error(&args))
+        }
+        Err(err) => {
+            eprintln!("asme: {err:#}");
+            Err(Exit::Usage)
+        }
+    }
+}
+
+/// clap's error as one line: clap adds usage and a tip, and lists missing arguments below
+/// its first line.
+fn one_line(err: &clap::Error) -> String {
+    let message = err.to_string();
+    let mut lines = message.lines().map(str::trim).filter(|l| !l.is_empty());
+    let first = lines.next().unwrap_or_default();
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    match first.strip_suffix(':') {
+        Some(first) => {
+            let missing: Vec<&str> = lines.take_while(|l| !l.starts_with("Usage:")).collect();
+            format!("{first}: {}", missing.join(", "))
+        }
+        None => first.to_string(),
     }
 }
 
