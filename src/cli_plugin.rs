@@ -40,7 +40,8 @@ pub enum Invocation {
     /// `docker-asme docker-cli-plugin-metadata`: print [`metadata`].
     Metadata,
     /// `docker [GLOBAL OPTIONS] asme ARGS`: asme's command line, and docker's global options
-    /// as the environment variables that say the same, to run asme again with.
+    /// as the environment variables that say the same, to run asme again with (an empty
+    /// value: unset).
     Reexec {
         args: Vec<OsString>,
         env: Vec<(&'static str, OsString)>,
@@ -69,6 +70,11 @@ pub fn invocation(argv: Vec<OsString>) -> Result<Invocation> {
             let args = std::iter::once(OsString::from(DISPLAY_NAME))
                 .chain(rest.cloned())
                 .collect();
+            // docker's --context outranks a DOCKER_HOST of the environment (-H outranks both).
+            let named = |name: &str| env.iter().any(|(n, _)| *n == name);
+            if named("DOCKER_CONTEXT") && !named("DOCKER_HOST") {
+                env.push(("DOCKER_HOST", OsString::new()));
+            }
             return Ok(if env.is_empty() {
                 Invocation::Args(args)
             } else {
@@ -168,11 +174,16 @@ pub fn reexec(args: &[OsString], env: &[(&str, OsString)]) -> anyhow::Error {
         Ok(exe) => exe,
         Err(err) => return anyhow::Error::new(err).context("finding asme's own binary"),
     };
-    let err = std::process::Command::new(&exe)
-        .arg0(&args[0])
-        .args(&args[1..])
-        .envs(env.iter().map(|(name, value)| (name, value)))
-        .exec();
+    let mut command = std::process::Command::new(&exe);
+    command.arg0(&args[0]).args(&args[1..]);
+    for (name, value) in env {
+        if value.is_empty() {
+            command.env_remove(name);
+        } else {
+            command.env(name, value);
+        }
+    }
+    let err = command.exec();
     anyhow::Error::new(err).context(format!("running {} again", exe.display()))
 }
 
@@ -331,6 +342,13 @@ mod tests {
                 Invocation::Reexec {
                     args: os(&["docker asme", "fix"]),
                     env: env(&[("DOCKER_HOST", "unix:///b.sock"), ("DOCKER_CONTEXT", "x")]),
+                },
+            ),
+            (
+                &["docker-asme", "--context", "x", "asme", "fix"],
+                Invocation::Reexec {
+                    args: os(&["docker asme", "fix"]),
+                    env: env(&[("DOCKER_CONTEXT", "x"), ("DOCKER_HOST", "")]),
                 },
             ),
         ];

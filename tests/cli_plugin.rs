@@ -95,6 +95,26 @@ fn docker_asme_runs_asme_and_passes_its_status() {
         ],
     ));
     assert_eq!(global.code(), Some(3), "{}", global.explain());
+    // --context outranks a DOCKER_HOST of the environment, in docker and so in asme.
+    let mut context = docker_as(
+        user,
+        &dir.path,
+        &config,
+        &[
+            "--context",
+            "default",
+            "asme",
+            "run",
+            "--rm",
+            &busybox,
+            "sh",
+            "-c",
+            "exit 4",
+        ],
+    );
+    context.env("DOCKER_HOST", "unix:///nonexistent/docker.sock");
+    let context = Run::of(context);
+    assert_eq!(context.code(), Some(4), "{}", context.explain());
     let remote = Run::of(docker_as(
         user,
         &dir.path,
