@@ -8,9 +8,17 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::engine::Program;
 use crate::owner::OwnerSpec;
 
+/// The version and the build id (a hash of the sources), so a bug report names the exact build.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (build ",
+    env!("ASME_BUILD"),
+    ")"
+);
+
 /// Run containers as me: what a container writes into your folders stays yours.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "asme", version, max_term_width = 100)]
+#[command(name = "asme", version = VERSION, max_term_width = 100)]
 pub struct Cli {
     /// How bind-mount writes are made to belong to the owner.
     #[arg(long, env = "ASME_STRATEGY", value_enum, default_value_t = Strategy::Auto)]
@@ -137,6 +145,39 @@ pub enum Command {
         #[command(subcommand)]
         command: ContextCommand,
     },
+
+    /// Install what makes asme part of docker for you: `docker asme ...` (a CLI plugin).
+    ///
+    /// --cli-plugin links docker-asme in your Docker CLI's plugin folder
+    /// ($DOCKER_CONFIG/cli-plugins, by default ~/.docker/cli-plugins) to this binary.
+    Install(InstallArgs),
+
+    /// Remove what `asme install` installed.
+    ///
+    /// The volume driver, the context and the agent have their own: `asme plugin uninstall`,
+    /// `asme context uninstall`, `asme agent stop`.
+    Uninstall(InstallArgs),
+
+    /// Print the completion script for SHELL on stdout.
+    ///
+    /// bash: asme completions bash > ~/.local/share/bash-completion/completions/asme;
+    /// zsh: asme completions zsh > a folder of your $fpath, as _asme;
+    /// fish: asme completions fish > ~/.config/fish/completions/asme.fish
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+
+    /// (packaging) write asme's man pages, asme.1 and one per subcommand, into DIR.
+    #[command(hide = true)]
+    Manpages { dir: PathBuf },
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct InstallArgs {
+    /// `docker asme ...`: asme as a Docker CLI plugin, for you.
+    #[arg(long, required = true)]
+    pub cli_plugin: bool,
 }
 
 #[derive(Debug, Clone, Subcommand)]

@@ -2,8 +2,8 @@
 # Build the local docker images used by asme's integration tests.
 #
 # Usage: tests/images/build.sh [IMAGE...]     (run as root)
-#   IMAGE is one of: busybox nopasswd user1000 debian postgres (an "asme-test/"
-#   prefix is accepted). Without arguments every image is built.
+#   IMAGE is one of: busybox nopasswd user1000 debian debian-doc postgres (an
+#   "asme-test/" prefix is accepted). Without arguments every image is built.
 #
 # No registry is needed: every image is made with `docker import` from a
 # rootfs assembled on this machine. Each image carries the label
@@ -16,6 +16,9 @@
 #   asme-test/nopasswd  the same without /etc/passwd and /etc/group
 #   asme-test/user1000  busybox plus user app (1000:1000), USER app
 #   asme-test/debian    debootstrap --variant=minbase bookworm + python3, git
+#   asme-test/debian-doc  debootstrap --variant=minbase bookworm + man-db,
+#                       bash-completion, zsh, fish: a clean Debian in which a .deb is
+#                       installed and its man pages and completions are checked
 #   asme-test/postgres  debootstrap --variant=minbase bookworm + postgresql (15), with an
 #                       entrypoint like the official image's: as root it makes $PGDATA
 #                       (/var/lib/postgresql/data), chown -R's it to postgres, chmod 700,
@@ -33,7 +36,8 @@
 #
 # The debootstrapped rootfs (takes minutes) is cached as
 # $ASME_TEST_CACHE/debian-bookworm-minbase.tar (postgres:
-# $ASME_TEST_CACHE/postgres-bookworm-minbase.tar); delete it to force a fresh
+# $ASME_TEST_CACHE/postgres-bookworm-minbase.tar, debian-doc:
+# $ASME_TEST_CACHE/debian-doc-bookworm-minbase.tar); delete it to force a fresh
 # debootstrap. Concurrent runs are serialised with flock on
 # $ASME_TEST_CACHE/build.lock.
 
@@ -43,7 +47,7 @@
 set -euo pipefail
 
 readonly PREFIX=asme-test
-readonly ALL_IMAGES=(busybox nopasswd user1000 debian postgres)
+readonly ALL_IMAGES=(busybox nopasswd user1000 debian debian-doc postgres)
 readonly SUITE=bookworm
 readonly BUSYBOX_PATH=/bin
 readonly DEBIAN_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
@@ -66,6 +70,7 @@ work=""
 child_pid=""
 CACHE=""
 DEBIAN_TAR=""
+DEBIAN_DOC_TAR=""
 POSTGRES_TAR=""
 recipe=""
 
@@ -317,6 +322,27 @@ build_debian() {
 		-c "ENV PATH=$DEBIAN_PATH" -c 'CMD ["bash"]' <"$DEBIAN_TAR"
 }
 
+# ---------------------------------------------------------------- debian-doc
+make_debian_doc_tar() {
+	local root=$work/debian-doc start=$SECONDS
+	debootstrap_rootfs "$root" man-db,bash-completion,zsh,fish
+
+	# Sanity check before the result is cached: man finds a page (dpkg's own).
+	chroot "$root" /usr/bin/env -i PATH="$DEBIAN_PATH" man -w dpkg >/dev/null ||
+		die "man does not work in the debootstrapped rootfs"
+
+	cache_rootfs "$root" "$DEBIAN_DOC_TAR"
+	note "debian-doc rootfs built in $((SECONDS - start))s, cached at $DEBIAN_DOC_TAR"
+}
+
+build_debian-doc() {
+	if [ ! -s "$DEBIAN_DOC_TAR" ]; then
+		make_debian_doc_tar
+	fi
+	import_image "$PREFIX/debian-doc" \
+		-c "ENV PATH=$DEBIAN_PATH" -c 'CMD ["bash"]' <"$DEBIAN_DOC_TAR"
+}
+
 # ---------------------------------------------------------------- postgres
 readonly PG_BIN=/usr/lib/postgresql/15/bin
 readonly PGDATA=/var/lib/postgresql/data
@@ -433,6 +459,7 @@ main() {
 	mkdir -p -- "$CACHE"
 	CACHE=$(readlink -f -- "$CACHE")
 	DEBIAN_TAR=$CACHE/debian-bookworm-minbase.tar
+	DEBIAN_DOC_TAR=$CACHE/debian-doc-bookworm-minbase.tar
 	POSTGRES_TAR=$CACHE/postgres-bookworm-minbase.tar
 
 	# ---------------------------------------------------------------- lock

@@ -24,7 +24,14 @@ pub struct User {
     pub home: PathBuf,
 }
 
-pub const IMAGES: &[&str] = &["busybox", "nopasswd", "user1000", "debian", "postgres"];
+pub const IMAGES: &[&str] = &[
+    "busybox",
+    "nopasswd",
+    "user1000",
+    "debian",
+    "debian-doc",
+    "postgres",
+];
 
 /// The users the tests run asme as: whoever has uid 1000 on the host, and `asme1234`.
 pub fn users() -> &'static [User; 2] {
