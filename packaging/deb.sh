@@ -99,8 +99,8 @@ license=$(find "$root_dir" -maxdepth 1 -iname 'LICEN[CS]E*' -print -quit)
 	echo
 	echo 'Files: *'
 	if [ -n "$license" ]; then
-		echo 'License: see below'
-		echo
+		echo "Copyright: $(grep -m1 '^Copyright' "$license" | sed 's/^Copyright (c) //')"
+		echo "License: $(sed -n 's/^license = "\(.*\)"$/\1/p' "$root_dir/Cargo.toml")"
 		sed 's/^$/./; s/^/ /' "$license"
 	else
 		echo 'License: none declared yet (the source has no licence file)'

@@ -37,6 +37,7 @@ man -w asme-run >/dev/null
 MANWIDTH=80 man asme 2>/dev/null | grep -q 'EXIT STATUS'
 MANWIDTH=80 man asme-fix 2>/dev/null | grep -q 'dry-run'
 echo "ok: man -w asme: $(cat /tmp/man)"
+grep -qx 'License: MIT' /usr/share/doc/asme/copyright || { cat /usr/share/doc/asme/copyright; exit 1; }
 
 # bash: bash-completion loads the package's file on first use, as in an interactive shell.
 words=$(bash -c '
