@@ -405,3 +405,49 @@ fn rootless_docker_doctor_and_driver() {
     let plugins = ok(daemon.docker(&["plugin", "ls", "-q"]));
     assert_eq!(plugins, "", "a plugin was left on the engine");
 }
+
+/// A user's rootless dockerd beside the main engine: asme's volume driver on the main engine
+/// (its plugin started again while the rootless one runs) still serves the main engine's
+/// mount namespace, not the rootless daemon's, so a FUSE-mapped volume writes into the
+/// user's folder (it once wrote into the plugin's own folder instead).
+#[test]
+fn the_main_engines_driver_finds_its_own_daemon_beside_a_rootless_one() {
+    let user = user1234();
+    let _daemon = RootlessDocker::start(user);
+    let dir = TestDir::new(user, "rootless-beside");
+    ok(asme_as(user, &dir.path, &["plugin", "install"]));
+    ok(Command::new("docker").args(["plugin", "disable", "-f", "asme"]));
+    ok(Command::new("docker").args(["plugin", "enable", "asme"]));
+    let volume = format!("asme-test-beside-{}", std::process::id());
+    let source = format!("source={}", dir.path.display());
+    let main_engine = |args: &[&str]| {
+        let mut cmd = as_user(user, &dir.path);
+        cmd.arg("docker").args(args);
+        cmd
+    };
+    let create = [
+        "volume",
+        "create",
+        "-d",
+        "asme",
+        "-o",
+        &source,
+        "-o",
+        "mapping=fuse",
+    ];
+    ok(main_engine(&[&create[..], &[&volume]].concat()));
+    let mount = format!("{volume}:/w");
+    let run = Run::of(main_engine(&[
+        "run",
+        "--rm",
+        "-v",
+        &mount,
+        &image("busybox"),
+        "touch",
+        "/w/f",
+    ]));
+    let _ = main_engine(&["volume", "rm", &volume]).output();
+    assert_eq!(run.status, Some(0), "{}", run.explain());
+    let meta = fs::metadata(dir.join("f")).expect("the volume's write is not in the user's folder");
+    assert_eq!((meta.uid(), meta.gid()), (user.uid, user.gid));
+}

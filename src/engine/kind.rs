@@ -1,6 +1,8 @@
 //! Which engine asme drives (`--engine`), and what kind of engine answers (rootful,
 //! rootless, Podman, Docker Desktop), read from its `version` and `info`.
 
+use std::path::{Path, PathBuf};
+
 use serde::Serialize;
 use serde_json::Value;
 
@@ -63,15 +65,31 @@ impl Program {
 /// The pid of the process named `daemon` (`comm`), seen through the host's pids (the agent's
 /// `--pid=host`, the plugin's `pidhost`). Its `/proc/PID/root` and `/proc/PID/ns/mnt` are
 /// the host's as the engine sees them; host PID 1 may refuse to be opened, as on some VMs.
+/// A daemon in this process's user namespace comes first: a user's rootless dockerd (or
+/// rootless Podman's conmon) has a mount namespace of its own, which is not the engine's.
 pub fn daemon_pid(daemon: &str) -> Option<u32> {
-    std::fs::read_dir("/proc")
+    let named: Vec<(u32, Option<PathBuf>)> = std::fs::read_dir("/proc")
         .ok()?
         .flatten()
-        .find_map(|entry| {
+        .filter_map(|entry| {
             let pid = entry.file_name().to_str()?.parse::<u32>().ok()?;
             let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
-            (comm.trim_end() == daemon).then_some(pid)
+            let userns = std::fs::read_link(format!("/proc/{pid}/ns/user")).ok();
+            (comm.trim_end() == daemon).then_some((pid, userns))
         })
+        .collect();
+    let own = std::fs::read_link("/proc/self/ns/user").ok();
+    choose_daemon(&named, own.as_deref())
+}
+
+/// [`daemon_pid`]'s choice among the processes of that name, with their user namespaces:
+/// the first in `own`, else the first.
+fn choose_daemon(named: &[(u32, Option<PathBuf>)], own: Option<&Path>) -> Option<u32> {
+    named
+        .iter()
+        .find(|(_, userns)| own.is_some() && userns.as_deref() == own)
+        .or(named.first())
+        .map(|(pid, _)| *pid)
 }
 
 /// How the engine that answers runs.
@@ -242,6 +260,19 @@ mod tests {
         let remap = read(include_str!("testdata/userns-remap.info.json"));
         let root = remap["DockerRootDir"].as_str().unwrap();
         assert_eq!(remap_base(root), Some((165536, 165536)));
+    }
+
+    #[test]
+    fn the_daemon_in_our_user_namespace_is_the_engines() {
+        let host = PathBuf::from("user:[4026531837]");
+        let rootless = PathBuf::from("user:[4026532200]");
+        // A user's rootless dockerd started first (a lower pid) is passed over.
+        let named = [(100, Some(rootless.clone())), (200, Some(host.clone()))];
+        assert_eq!(choose_daemon(&named, Some(&host)), Some(200));
+        // Where none is in ours (or ours cannot be read), the first.
+        assert_eq!(choose_daemon(&named[..1], Some(&host)), Some(100));
+        assert_eq!(choose_daemon(&[(7, None)], None), Some(7));
+        assert_eq!(choose_daemon(&[], Some(&host)), None);
     }
 
     #[test]
