@@ -174,7 +174,29 @@ fn rootless_podman_with_a_user_image_writes_as_the_user() {
     assert_eq!(asme.ok(), "0\n1000\n");
     let meta = fs::metadata(dir.join("f")).unwrap();
     assert_eq!((meta.uid(), meta.gid()), (user.uid, user.gid));
-    // Explicit strategies would store the user's files as subordinate ids: refused.
+    // The user strategy: the owner's account and HOME, made theirs by Podman's keep-id.
+    let script = "touch /w/user \"$HOME/x\" && id -un";
+    let user_args = [
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "-v",
+        &mount,
+        &image,
+        "sh",
+        "-c",
+        script,
+    ];
+    let as_owner = asme_podman(
+        user,
+        &dir.path,
+        &[&["--strategy", "user"][..], &user_args].concat(),
+    );
+    assert_eq!(as_owner.ok(), format!("{}\n", user.name));
+    let meta = fs::metadata(dir.join("user")).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (user.uid, user.gid));
+    // Strategies that would store the user's files as subordinate ids: refused.
     let fix = asme_podman(
         user,
         &dir.path,

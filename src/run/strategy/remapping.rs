@@ -30,9 +30,21 @@ pub fn on_rootless_engine<'a>(
                 .map(|prepared| (Name::Fuse, prepared))
                 .map_err(anyhow::Error::from);
         }
+        // Podman's keep-id makes the owner's own uid theirs in the container: the user
+        // strategy (the owner's account and HOME) then writes as them.
+        Some(Name::User) if kind == Kind::PodmanRootless && args.last("userns").is_none() => {
+            let mut prepared = super::user::prepare(ctx, args).map_err(anyhow::Error::from)?;
+            let owner = ctx.owner;
+            let keep_id = format!("keep-id:uid={},gid={}", owner.uid, owner.gid);
+            prepared
+                .args
+                .opts
+                .push(crate::run::args::Opt::new("userns", Some(&keep_id)));
+            return Ok((Name::User, prepared));
+        }
         Some(name) => bail!(
-            "--strategy {} does not work on a {} engine: only fuse (or auto) can store your \
-             files as you there",
+            "--strategy {} does not work on a {} engine: only fuse, user on Podman, or auto \
+             store your files as you there",
             name.as_str(),
             kind.name()
         ),
