@@ -123,9 +123,16 @@ impl Cache {
 }
 
 impl Cache {
-    /// Whether the filesystem of `fd` is remembered to refuse idmapped mounts.
+    /// Whether the filesystem of `fd` is remembered to refuse idmapped mounts. The memory
+    /// lasts an hour: a refusal that came from elsewhere (an agent in the wrong namespace, a
+    /// kernel since upgraded) must not send every run to FUSE for as long as the mount lives.
     pub fn idmap_unsupported(&self, fd: BorrowedFd<'_>) -> bool {
-        filesystem_key(fd).is_some_and(|key| self.root.join("no-idmap").join(key).exists())
+        const REMEMBERED_FOR: std::time::Duration = std::time::Duration::from_secs(3600);
+        filesystem_key(fd).is_some_and(|key| {
+            fs::metadata(self.root.join("no-idmap").join(key))
+                .and_then(|meta| meta.modified())
+                .is_ok_and(|at| at.elapsed().is_ok_and(|age| age < REMEMBERED_FOR))
+        })
     }
 
     /// Remembers that the filesystem of `fd` refuses idmapped mounts (probed once per
