@@ -592,6 +592,57 @@ fn a_userns_remap_engine_writes_as_the_user_through_idmap() {
     assert_eq!((meta.uid(), meta.gid()), (user.uid, user.gid));
     fs::remove_file(dir.join("f")).unwrap();
 
+    // An image whose USER is not root (stored as the subordinate base + 1000): its writes
+    // are the user's too.
+    let user1000 = image("user1000");
+    daemon.load(&user1000);
+    let as_1000 = run(daemon.asme_as(
+        user,
+        &[
+            "run",
+            "--rm",
+            "-v",
+            &mount,
+            &user1000,
+            "sh",
+            "-c",
+            "touch /w/u && id -u",
+        ],
+    ));
+    assert_eq!(as_1000.status, Some(0), "{}", as_1000.explain());
+    assert_eq!(as_1000.stdout, "1000\n");
+    assert_owned(&dir.join("u"), user);
+    fs::remove_file(dir.join("u")).unwrap();
+
+    // Through `asme proxy` (the engine endpoint), a plain `docker run` of any client: its
+    // bind mount becomes a volume of asme's driver, mapped the same way.
+    let socket = dir.join("proxy.sock");
+    let mut proxy = as_user(user, &dir.path);
+    proxy
+        .env("DOCKER_HOST", daemon.host())
+        .arg(env!("CARGO_BIN_EXE_asme"))
+        .args(["proxy", "--socket"])
+        .arg(&socket);
+    let (mut proxy, _out) =
+        testenv::spawn_until(proxy, &format!("listening on {}", socket.display()));
+    let mut client = as_user(user, &dir.path);
+    client
+        .env("DOCKER_HOST", format!("unix://{}", socket.display()))
+        .arg("docker")
+        .args(["run", "--rm", "-v", &mount, &busybox, "touch", "/w/p"]);
+    let through = run(client);
+    let _ = kill(Pid::from_raw(proxy.id() as i32), Signal::SIGTERM);
+    let _ = proxy.wait();
+    assert_eq!(
+        through.status,
+        Some(0),
+        "{}\n{}",
+        through.explain(),
+        daemon.log()
+    );
+    assert_owned(&dir.join("p"), user);
+    fs::remove_file(dir.join("p")).unwrap();
+
     // A container that outlives the run rides on the volume driver, which maps the same
     // host-side ids: what it writes is the user's at its first start and at docker start.
     let name = format!("asme-remap-{}", std::process::id());

@@ -63,6 +63,8 @@ pub fn main(program: Program, owner: crate::owner::Owner, socket: Option<PathBuf
         Some(listener) => listener,
         None => bind(&socket)?,
     };
+    // A userns-remap daemon stores container id C as base + C: the volumes name those ids.
+    let remap = engine.kind_and_remap().and_then(|(_, base)| base);
     let proxy = Arc::new(Proxy {
         engine: engine_socket,
         owner,
@@ -71,6 +73,7 @@ pub fn main(program: Program, owner: crate::owner::Owner, socket: Option<PathBuf
             engine,
             exe,
             cache: Cache::open()?,
+            remap,
         }),
     });
     let stop = SigSet::from_iter([Signal::SIGTERM, Signal::SIGINT]);

@@ -16,6 +16,8 @@ pub struct UserSources {
     /// asme's own binary, for the image probe.
     pub exe: PathBuf,
     pub cache: Cache,
+    /// A userns-remap daemon's subordinate base: container ids are stored shifted by it.
+    pub remap: Option<(u32, u32)>,
 }
 
 impl Sources for UserSources {
@@ -45,8 +47,16 @@ impl Sources for UserSources {
             .image_facts(&config.id, || self.engine.probe(&config, &self.exe))
             .map_err(|e| format!("{e:#}"))?;
         let user = if user.is_empty() { &config.user } else { user };
-        let ids = facts.ids_of(user)?;
+        let (uid, gid) = facts.ids_of(user)?;
         let changes_users = facts.program.as_ref().is_some_and(|p| p.changes_users);
-        Ok((ids, changes_users))
+        let (base_uid, base_gid) = self.remap.unwrap_or((0, 0));
+        let shifted = |id: u32, base: u32| {
+            id.checked_add(base)
+                .ok_or_else(|| format!("container id {id} past the engine's range"))
+        };
+        Ok((
+            (shifted(uid, base_uid)?, shifted(gid, base_gid)?),
+            changes_users,
+        ))
     }
 }
