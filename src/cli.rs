@@ -246,7 +246,9 @@ pub struct MountArgs {
     pub foreground: bool,
 
     /// Mount options, comma-separated: ro, allow_other (default), allow_root, private,
-    /// timeout=SECONDS (cache, default 1), nopassthrough, dev, suid, threads=N.
+    /// timeout=SECONDS (cache names and attributes that long, unwatched), nowatch (cache 1 s,
+    /// unwatched), nopassthrough, dev, suid, threads=N. By default SOURCE is watched and
+    /// the cache kept 60 s, with changes made to SOURCE directly seen at once.
     #[arg(short = 'o', value_name = "OPTIONS")]
     pub options: Vec<String>,
 

@@ -77,7 +77,7 @@ impl MappedFs {
             Ok(node) => node,
             Err(e) => return reply.error(e),
         };
-        let ttl = &self.settings.ttl;
+        let ttl = &self.ttl();
         match self.serve(&node, fd, |fd| reply.open_backing(fd)) {
             Ok(s) => match s.backing() {
                 Some(id) => reply.created_passthrough(

@@ -131,7 +131,7 @@ impl MappedFs {
         offset: u64,
         reply: &mut ReplyDirectoryPlus,
     ) -> Result<()> {
-        let ttl = self.settings.ttl;
+        let ttl = self.ttl();
         self.walk(fh, offset, |next, e| {
             let name = e.name();
             if name == "." || name == ".." {

@@ -23,6 +23,7 @@ mod names;
 mod node;
 pub mod owners;
 mod server;
+mod watch;
 
 use std::ffi::{CString, OsStr};
 use std::os::fd::{OwnedFd, RawFd};
@@ -49,13 +50,22 @@ pub struct Settings {
     pub passthrough: bool,
     /// Keep SOURCE's files the owner's and record the owners the mount shows (`owners`).
     pub recorded: Option<owners::Recorded>,
+    /// Watch SOURCE and trust names and attributes for `watch::WATCHED_TTL` while the watch
+    /// holds (`watch`); off when a timeout was asked for.
+    pub watch: bool,
 }
+
+/// The watch and the inode table, for the thread that turns SOURCE's changes into
+/// invalidations.
+pub type WatchParts = (Arc<watch::Watch>, Arc<Table>);
 
 /// The filesystem served over FUSE.
 #[derive(Debug)]
 pub struct MappedFs {
     settings: Settings,
-    nodes: Table,
+    nodes: Arc<Table>,
+    /// The watch on SOURCE, where it could be made.
+    watch: Option<Arc<watch::Watch>>,
     dirs: Dirs,
     /// Root may give created files to their creator and open backing files.
     as_root: bool,
@@ -82,14 +92,46 @@ impl MappedFs {
             }
             _ => None,
         };
+        let watch = settings
+            .watch
+            .then(watch::Watch::new)
+            .and_then(std::result::Result::ok)
+            .map(Arc::new);
+        if let Some(watch) = &watch {
+            watch.folder(source.as_fd(), node::ROOT);
+        }
         Ok(MappedFs {
             sidecar,
-            nodes: Table::new(source, key(&st), descriptor_budget()),
+            nodes: Arc::new(Table::new(source, key(&st), descriptor_budget())),
+            watch,
             settings,
             dirs: Dirs::default(),
             as_root: rustix::process::geteuid().is_root(),
             passthrough: false,
         })
+    }
+
+    /// What the session's watch thread needs ([`watch::serve`]), if SOURCE is watched.
+    pub fn watch_parts(&self) -> Option<WatchParts> {
+        Some((self.watch.clone()?, self.nodes.clone()))
+    }
+
+    /// How long the kernel may trust the names and attributes it is given now.
+    fn ttl(&self) -> Duration {
+        match &self.watch {
+            Some(watch) if watch.healthy() => watch::WATCHED_TTL,
+            _ => self.settings.ttl,
+        }
+    }
+
+    /// Watches `fd` (node `id`) if it is a folder, before the kernel learns of it.
+    fn watch_if_folder(&self, fd: &OwnedFd, st: &Stat, id: u64) {
+        use std::os::fd::AsFd;
+        if let Some(watch) = &self.watch
+            && rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Directory
+        {
+            watch.folder(fd.as_fd(), id);
+        }
     }
 
     fn node(&self, ino: INodeNo) -> Result<Arc<Node>> {

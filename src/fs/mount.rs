@@ -55,10 +55,12 @@ struct Options {
     suid: bool,
     threads: usize,
     record_owners: bool,
+    /// Watch SOURCE for long caching (`fs::watch`): off with `nowatch` or `timeout=`.
+    watch: bool,
 }
 
 const KNOWN_OPTIONS: &str = "ro, rw, allow_other, allow_root, private, timeout=SECONDS, \
-                             nopassthrough, dev, suid, threads=N, record_owners";
+                             nowatch, nopassthrough, dev, suid, threads=N, record_owners";
 
 fn parse_options(given: &[String]) -> Result<Options> {
     let mut o = Options {
@@ -74,6 +76,7 @@ fn parse_options(given: &[String]) -> Result<Options> {
             .max(2)
             * 2,
         record_owners: false,
+        watch: true,
     };
     for opt in given
         .iter()
@@ -91,6 +94,7 @@ fn parse_options(given: &[String]) -> Result<Options> {
                 "dev" => o.dev = true,
                 "suid" => o.suid = true,
                 "record_owners" => o.record_owners = true,
+                "nowatch" => o.watch = false,
                 _ => bail!("unknown mount option {opt:?} (known: {KNOWN_OPTIONS})"),
             },
             Some(("timeout", v)) => {
@@ -100,6 +104,8 @@ fn parse_options(given: &[String]) -> Result<Options> {
                     .filter(|s: &f64| s.is_finite() && *s >= 0.0)
                     .ok_or_else(|| anyhow!("bad mount option {opt:?}: seconds expected"))?;
                 o.ttl = Duration::from_secs_f64(secs);
+                // A timeout asked for is the timeout used.
+                o.watch = false;
             }
             Some(("threads", v)) => {
                 o.threads = v
@@ -178,21 +184,28 @@ pub fn main(req: &MountRequest) -> Result<()> {
     let settings = Settings {
         map,
         ttl: options.ttl,
+        watch: options.watch,
         passthrough: options.passthrough,
         recorded,
     };
     let config = session_config(req, &options, as_root);
-    let mut session = match (source, req.serve_as) {
+    let (mut session, watch) = match (source, req.serve_as) {
         (Some(source), _) => {
             let fs = MappedFs::new(source, settings).context("source")?;
-            fuser::Session::new(fs, &mountpoint, &config)
-                .map_err(|e| mount_error(e, &mountpoint))?
+            let watch = fs.watch_parts();
+            let session = fuser::Session::new(fs, &mountpoint, &config)
+                .map_err(|e| mount_error(e, &mountpoint))?;
+            (session, watch)
         }
         (None, Some(owner)) => {
             mount_then_serve_as(req, owner, &mountpoint, &options, settings, config)?
         }
         (None, None) => unreachable!("SOURCE is opened first unless serving as a user"),
     };
+    if let Some((watch, nodes)) = watch {
+        let notifier = session.notifier();
+        std::thread::spawn(move || super::watch::serve(watch, nodes, notifier));
+    }
     let mut unmounter = session.unmount_callable();
     let serving_as_user = req.serve_as.is_some();
     std::thread::spawn(move || {
@@ -222,7 +235,7 @@ fn mount_then_serve_as(
     options: &Options,
     settings: Settings,
     config: Config,
-) -> Result<fuser::Session<MappedFs>> {
+) -> Result<(fuser::Session<MappedFs>, Option<super::WatchParts>)> {
     let dev = rustix::fs::open("/dev/fuse", OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())
         .context("opening /dev/fuse")?;
     let mut fuse_options = format!(
@@ -245,7 +258,10 @@ fn mount_then_serve_as(
     crate::sys::become_user(owner.uid, owner.gid)
         .with_context(|| format!("becoming {owner} to serve"))?;
     let fs = MappedFs::new(open_source(&req.source)?, settings).context("source")?;
-    fuser::Session::from_fd(fs, dev, options.acl, config).context("starting the FUSE session")
+    let watch = fs.watch_parts();
+    let session = fuser::Session::from_fd(fs, dev, options.acl, config)
+        .context("starting the FUSE session")?;
+    Ok((session, watch))
 }
 
 /// With `-o record_owners`, whom SOURCE's files are stored as: the server's user when it is

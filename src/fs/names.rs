@@ -27,6 +27,7 @@ impl MappedFs {
         let fd = open_path(&dir, name)?;
         let st = rustix::fs::fstat(&fd).map_err(errno)?;
         let attr = self.attr(&st, fd.as_fd(), At::Child(parent.0, name));
+        self.watch_if_folder(&fd, &st, self.nodes.id_for(key(&st)));
         self.nodes.remember(fd, key(&st), parent.0, name);
         Ok(attr)
     }
@@ -55,6 +56,7 @@ impl MappedFs {
             st
         };
         let attr = self.attr(&st, path_fd.as_fd(), At::Child((parent.0).0, name));
+        self.watch_if_folder(&path_fd, &st, self.nodes.id_for(key(&st)));
         self.nodes.remember(path_fd, key(&st), (parent.0).0, name);
         Ok(attr)
     }

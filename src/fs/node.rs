@@ -166,6 +166,20 @@ impl Table {
         id
     }
 
+    /// Every known node with the name it was last seen under: (id, parent id, name).
+    pub fn names(&self) -> Vec<(u64, u64, CString)> {
+        let inner = lock(&self.inner);
+        inner
+            .nodes
+            .iter()
+            .filter_map(|(id, entry)| {
+                let place = lock(&entry.node.place);
+                let (parent, name) = place.name.clone()?;
+                Some((*id, parent, name))
+            })
+            .collect()
+    }
+
     /// The kernel dropped `n` lookups of `id`; at zero the node and its descriptor go.
     pub fn forget(&self, id: u64, n: u64) {
         let mut inner = lock(&self.inner);

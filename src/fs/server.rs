@@ -48,7 +48,7 @@ impl Filesystem for MappedFs {
             // Creating the name through the mount replaces it at once.
             Err(Errno::ENOENT) => {
                 let none = placeholder_attr(FileType::RegularFile);
-                reply.entry(&self.settings.ttl, &none, Generation(0));
+                reply.entry(&self.ttl(), &none, Generation(0));
             }
             result => self.reply_entry(reply, result),
         }
@@ -410,14 +410,14 @@ impl Filesystem for MappedFs {
 impl MappedFs {
     fn reply_entry(&self, reply: ReplyEntry, result: Result<FileAttr>) {
         match result {
-            Ok(attr) => reply.entry(&self.settings.ttl, &attr, Generation(0)),
+            Ok(attr) => reply.entry(&self.ttl(), &attr, Generation(0)),
             Err(e) => reply.error(e),
         }
     }
 
     fn reply_attr(&self, reply: ReplyAttr, result: Result<FileAttr>) {
         match result {
-            Ok(attr) => reply.attr(&self.settings.ttl, &attr),
+            Ok(attr) => reply.attr(&self.ttl(), &attr),
             Err(e) => reply.error(e),
         }
     }

@@ -8,6 +8,7 @@ pub mod fd;
 pub mod fs;
 pub mod mount;
 pub mod socket;
+pub mod watch;
 
 use std::ffi::{OsStr, OsString};
 use std::io;
