@@ -358,13 +358,20 @@ fn rootless_docker_stores_every_container_users_writes_as_the_user() {
 
     // Nothing left behind: no mount in the daemon's namespace, no server, no mount point.
     assert_eq!(daemon.asme_mounts(), Vec::<String>::new());
-    let servers = processes_naming(&[&dir.path])
-        .into_iter()
-        .filter(|pid| {
-            fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "asme")
-        })
-        .count();
-    assert_eq!(servers, 0, "an asme mount server outlived its run");
+    // A server ends when the kernel ends its connection, just after the run's container.
+    let servers = || {
+        processes_naming(&[&dir.path])
+            .into_iter()
+            .filter(|pid| {
+                fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "asme")
+            })
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while servers() > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(servers(), 0, "an asme mount server outlived its run");
     let points = user.home.join(".cache/asme/v1/mnt");
     let left: Vec<_> = fs::read_dir(&points)
         .into_iter()
