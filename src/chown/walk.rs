@@ -48,6 +48,15 @@ impl Counts {
     }
 }
 
+/// How [`Walk::leaf`] first looks at an entry, guessed from the entry before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Examine {
+    /// One stat by name (fstatat): enough for an entry that needs nothing.
+    ByName,
+    /// Open it O_PATH and stat the descriptor: what acting needs, with no stat beforehand.
+    ByDescriptor,
+}
+
 /// One walk over one tree.
 pub struct Walk<'a> {
     policy: &'a Policy,
@@ -160,8 +169,11 @@ impl<'a> Walk<'a> {
         // Counted here and added once per slice: shared counters bumped per entry would
         // bounce a cache line between the cores on every file.
         let mut counts = Counts::default();
+        // Entries of one folder tend to be alike: all root's after a container wrote them,
+        // or nearly all fine when a fix runs again.
+        let mut examine = Examine::ByDescriptor;
         for name in leaves.slice(slice) {
-            self.entry(scope, dir, name, path, &mut counts);
+            self.entry(scope, dir, name, path, &mut counts, &mut examine);
         }
         counts.add_to(self.tally);
     }
@@ -194,7 +206,8 @@ impl<'a> Walk<'a> {
                 self.tally.entries.fetch_sub(1, Ordering::Relaxed);
                 let parent_path = path.parent().unwrap_or(path);
                 let mut counts = Counts::default();
-                self.leaf(parent.as_fd(), name, parent_path, &mut counts);
+                let mut examine = Examine::ByDescriptor;
+                self.leaf(parent.as_fd(), name, parent_path, &mut counts, &mut examine);
                 counts.add_to(self.tally);
             }
             Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
@@ -214,9 +227,10 @@ impl<'a> Walk<'a> {
         name: &CStr,
         path: &Path,
         counts: &mut Counts,
+        examine: &mut Examine,
     ) {
         // A folder after all (a filesystem without d_type, or swapped in): walk it.
-        if self.leaf(dir.as_fd(), name, path, counts) == Some(FileType::Directory) {
+        if self.leaf(dir.as_fd(), name, path, counts, examine) == Some(FileType::Directory) {
             let (parent, name) = (Arc::clone(dir), name.to_owned());
             let child = path.join(OsStr::from_bytes(name.as_bytes()));
             scope.spawn(move |scope| self.folder(scope, &parent, &name, &child));
@@ -225,14 +239,37 @@ impl<'a> Walk<'a> {
 
     /// Opens `name` without following or opening it, and acts on that very inode. Returns
     /// its type when it turned out to be a folder (not acted on here).
+    ///
+    /// An entry that needs nothing is done with one stat by name when `examine` says so:
+    /// nothing is changed on the strength of that stat, so a swap after it can only make
+    /// the walk miss a change, as a swap after the walk would.
     fn leaf(
         &self,
         dir: BorrowedFd<'_>,
         name: &CStr,
         dir_path: &Path,
         counts: &mut Counts,
+        examine: &mut Examine,
     ) -> Option<FileType> {
         let path = || dir_path.join(OsStr::from_bytes(name.to_bytes()));
+        if *examine == Examine::ByName {
+            match sysfs::stat_at(dir, name) {
+                Ok(inode) if inode.kind == FileType::Directory => {
+                    return Some(FileType::Directory);
+                }
+                Ok(inode)
+                    if (inode.dev == self.dev || self.policy.cross_mounts)
+                        && decide(self.policy, &inode) == Action::Fine =>
+                {
+                    counts.entries += 1;
+                    counts.fine += 1;
+                    return None;
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
+                // To act on, to skip or to report: through its descriptor, as below.
+                Ok(_) | Err(_) => *examine = Examine::ByDescriptor,
+            }
+        }
         let fd = match sysfs::open_entry(dir, name) {
             Ok(fd) => fd,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
@@ -257,11 +294,16 @@ impl<'a> Walk<'a> {
             self.skip(&path(), Skip::OtherFilesystem);
             return None;
         }
-        self.act(fd.as_fd(), inode, &path, counts);
+        let action = self.act(fd.as_fd(), inode, &path, counts);
+        *examine = if action == Action::Fine {
+            Examine::ByName
+        } else {
+            Examine::ByDescriptor
+        };
         None
     }
 
-    /// Applies the policy to one inode, through its descriptor.
+    /// Applies the policy to one inode, through its descriptor, and says what it was.
     /// The path is built only if a message needs it.
     fn act(
         &self,
@@ -269,19 +311,22 @@ impl<'a> Walk<'a> {
         inode: Inode,
         path: &dyn Fn() -> PathBuf,
         counts: &mut Counts,
-    ) {
-        match decide(self.policy, &inode) {
+    ) -> Action {
+        let action = decide(self.policy, &inode);
+        match action {
             Action::Fine => counts.fine += 1,
             Action::Skip(reason) => self.skip(&path(), reason),
             Action::Chown { uid, gid } => {
                 if !self.policy.dry_run
                     && let Err(e) = sysfs::chown(fd, uid, gid)
                 {
-                    return self.error(&path(), "changing the owner of", e);
+                    self.error(&path(), "changing the owner of", e);
+                    return action;
                 }
                 counts.changed += 1;
             }
         }
+        action
     }
 
     fn skip(&self, path: &Path, reason: Skip) {
