@@ -123,7 +123,7 @@ impl<'a> Walk<'a> {
                 let child = path.join(OsStr::from_bytes(name.as_bytes()));
                 scope.spawn(move |scope| self.folder(scope, &parent, &name, &child));
             } else {
-                leaves.push(entry.ino(), name);
+                leaves.push(name);
                 if leaves.len() == Leaves::BATCH {
                     let path = shared_path.get_or_insert_with(|| Arc::from(path));
                     self.share_out(scope, dir, std::mem::take(&mut leaves), path);
@@ -134,7 +134,6 @@ impl<'a> Walk<'a> {
             let path = shared_path.get_or_insert_with(|| Arc::from(path));
             self.share_out(scope, dir, leaves, path);
         } else {
-            leaves.sort();
             self.leaves(scope, dir, &leaves, 0, path);
         }
     }
@@ -145,10 +144,9 @@ impl<'a> Walk<'a> {
         &'s self,
         scope: &rayon::Scope<'s>,
         dir: &Arc<OwnedFd>,
-        mut leaves: Leaves,
+        leaves: Leaves,
         path: &Arc<Path>,
     ) {
-        leaves.sort();
         let leaves = Arc::new(leaves);
         for slice in 1..leaves.slices() {
             let (dir, leaves, path) = (Arc::clone(dir), Arc::clone(&leaves), Arc::clone(path));
@@ -349,15 +347,15 @@ impl<'a> Walk<'a> {
     }
 }
 
-/// Entries of a folder other than its subfolders, worked on in inode order: a listing comes
-/// in hash order, while neighbouring inodes share an inode-table block, which the kernel then
-/// finds in its per-CPU cache of recent blocks instead of looking it up again.
+/// Entries of a folder other than its subfolders, listed before they are worked on so that
+/// a large folder can be shared out. The names are copied out of the listing buffer into one
+/// allocation, not one each.
 #[derive(Default)]
 struct Leaves {
     /// The names, each ending in its NUL.
     names: Vec<u8>,
-    /// (inode, where its name starts in `names`).
-    order: Vec<(u64, usize)>,
+    /// Where each name starts in `names`.
+    starts: Vec<usize>,
 }
 
 impl Leaves {
@@ -366,17 +364,13 @@ impl Leaves {
     /// Entries listed before they are worked on: bounds the memory a huge folder takes.
     const BATCH: usize = 64 * 1024;
 
-    fn push(&mut self, ino: u64, name: &CStr) {
-        self.order.push((ino, self.names.len()));
+    fn push(&mut self, name: &CStr) {
+        self.starts.push(self.names.len());
         self.names.extend_from_slice(name.to_bytes_with_nul());
     }
 
     fn len(&self) -> usize {
-        self.order.len()
-    }
-
-    fn sort(&mut self) {
-        self.order.sort_unstable();
+        self.starts.len()
     }
 
     fn slices(&self) -> usize {
@@ -387,7 +381,7 @@ impl Leaves {
     fn slice(&self, i: usize) -> impl Iterator<Item = &CStr> {
         let start = i * Self::PER_TASK;
         let end = (start + Self::PER_TASK).min(self.len());
-        self.order[start..end].iter().map(|&(_, at)| {
+        self.starts[start..end].iter().map(|&at| {
             CStr::from_bytes_until_nul(&self.names[at..]).expect("each name ends in its NUL")
         })
     }
