@@ -1,11 +1,15 @@
-//! The parallel walker: every folder is a rayon task, stolen by whichever core is free.
+//! The parallel walker: every folder is a rayon task, and so is every slice of a large
+//! folder's other entries, stolen by whichever core is free.
 //!
 //! A task holds its parent's descriptor and the folder's name, opens the folder relative to
 //! the parent (no symlinks, no other filesystem unless asked), acts on it through that
 //! descriptor, lists it, and hands its subfolders on as new tasks. Every other entry is
 //! opened O_PATH|O_NOFOLLOW, stat'ed and chowned through the same descriptor, so what is
-//! changed is exactly what was examined, whatever happens to the names meanwhile. Open
-//! descriptors stay bounded by the folders that still have work pending.
+//! changed is exactly what was examined, whatever happens to the names meanwhile. The one
+//! shortcut: after an entry that needed nothing, the next is first stat'ed by name, and if
+//! it needs nothing either that is all (one syscall instead of three); anything to change,
+//! skip or report is still opened and examined as above. Open descriptors stay bounded by
+//! the folders that still have work pending.
 
 use std::ffi::{CStr, CString, OsStr};
 use std::io;
