@@ -107,8 +107,6 @@ impl<'a> Walk<'a> {
         let mut buf = [MaybeUninit::<u8>::uninit(); 32 * 1024];
         let mut entries = RawDir::new(dir.as_fd(), &mut buf);
         let mut leaves = Leaves::default();
-        // Made on the first batch that is shared out: a small folder never needs it.
-        let mut shared_path: Option<Arc<Path>> = None;
         while let Some(entry) = entries.next() {
             let entry = match entry {
                 Ok(entry) => entry,
@@ -129,34 +127,34 @@ impl<'a> Walk<'a> {
             } else {
                 leaves.push(name);
                 if leaves.len() == Leaves::BATCH {
-                    let path = shared_path.get_or_insert_with(|| Arc::from(path));
-                    self.share_out(scope, dir, std::mem::take(&mut leaves), path);
+                    self.share_out(scope, dir, &leaves, path);
+                    leaves.clear();
                 }
             }
         }
-        if leaves.len() > Leaves::PER_TASK {
-            let path = shared_path.get_or_insert_with(|| Arc::from(path));
-            self.share_out(scope, dir, leaves, path);
-        } else {
-            self.leaves(scope, dir, &leaves, 0, path);
-        }
+        self.share_out(scope, dir, &leaves, path);
     }
 
-    /// Works on a batch of `dir`'s entries in slices that other cores may take: one folder
-    /// of 100,000 files would otherwise keep one core busy while the others idle.
+    /// Works on a batch of `dir`'s entries in slices that other cores may take (one folder
+    /// of 100,000 files would otherwise keep one core busy while the others idle), and
+    /// returns when all are done, so that listing goes no further ahead of the work than a
+    /// batch.
     fn share_out<'s>(
         &'s self,
         scope: &rayon::Scope<'s>,
         dir: &Arc<OwnedFd>,
-        leaves: Leaves,
-        path: &Arc<Path>,
+        leaves: &Leaves,
+        path: &Path,
     ) {
-        let leaves = Arc::new(leaves);
-        for slice in 1..leaves.slices() {
-            let (dir, leaves, path) = (Arc::clone(dir), Arc::clone(&leaves), Arc::clone(path));
-            scope.spawn(move |scope| self.leaves(scope, &dir, &leaves, slice, &path));
+        if leaves.slices() <= 1 {
+            return self.leaves(scope, dir, leaves, 0, path);
         }
-        self.leaves(scope, dir, &leaves, 0, path);
+        rayon::scope(|slices| {
+            for slice in 1..leaves.slices() {
+                slices.spawn(move |_| self.leaves(scope, dir, leaves, slice, path));
+            }
+            self.leaves(scope, dir, leaves, 0, path);
+        });
     }
 
     /// Works on slice `slice` of `leaves`, entries of `dir`.
@@ -375,6 +373,11 @@ impl Leaves {
 
     fn len(&self) -> usize {
         self.starts.len()
+    }
+
+    fn clear(&mut self) {
+        self.names.clear();
+        self.starts.clear();
     }
 
     fn slices(&self) -> usize {
