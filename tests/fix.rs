@@ -531,3 +531,83 @@ fn a_tree_whose_own_name_is_not_utf8() {
     assert_eq!(run.code(), Some(0), "{}", run.explain());
     assert_given_back(&tree, user);
 }
+
+/// A folder large enough to be shared out among the cores in slices, its entries mixed so that
+/// the walk keeps switching between a stat by name (runs of fine files) and acting through a
+/// descriptor: every trap is still left alone, and the summary still counts each entry once.
+#[test]
+fn a_large_mixed_folder_is_fixed_exactly() {
+    use std::os::unix::fs::{lchown, symlink};
+    let dir = TestDir::new(user1234(), "fix-large");
+    let outside = Outside::new("large");
+    let big = dir.join("big");
+    fs::create_dir(&big).unwrap();
+    std::os::unix::fs::chown(&big, Some(1234), Some(1234)).unwrap();
+    /// What entry `i` is, and what the walk must do with it.
+    #[derive(Clone, Copy, PartialEq, Debug)]
+    enum Kind {
+        HardLinkOut,
+        RootSymlink,
+        Foreign,
+        Fine,
+        Root,
+    }
+    let kind = |i: usize| match i {
+        _ if i % 100 == 7 => Kind::HardLinkOut,
+        _ if i % 10 == 3 => Kind::RootSymlink,
+        _ if i % 25 == 11 => Kind::Foreign,
+        _ if (i / 100).is_multiple_of(2) => Kind::Fine,
+        _ => Kind::Root,
+    };
+    let n = 1500;
+    for i in 0..n {
+        let path = big.join(format!("e{i:04}"));
+        match kind(i) {
+            Kind::HardLinkOut => fs::hard_link(outside.dir.join("secret"), &path).unwrap(),
+            Kind::RootSymlink => symlink("/etc/shadow", &path).unwrap(),
+            _ => fs::write(&path, "").unwrap(),
+        }
+        let (uid, gid) = match kind(i) {
+            Kind::Foreign => (999, 999),
+            Kind::Fine => (1234, 1234),
+            _ => (0, 0),
+        };
+        lchown(&path, Some(uid), Some(gid)).unwrap();
+    }
+    let count = |k: Kind| (0..n).filter(|&i| kind(i) == k).count();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_asme"));
+    cmd.args(["fix", "--owner", "1234:1234"]).arg(&big);
+    let run = Run::of(&mut cmd);
+    assert_eq!(run.code(), Some(0), "{}", run.explain());
+    let summary = format!(
+        "asme fix: {} entries: {} changed, {} already fine, {} skipped ({} hard-linked, 0 on \
+         other filesystems) in ",
+        n + 1,
+        count(Kind::Root) + count(Kind::RootSymlink),
+        count(Kind::Fine) + count(Kind::Foreign) + 1,
+        count(Kind::HardLinkOut),
+        count(Kind::HardLinkOut),
+    );
+    assert!(run.stdout.starts_with(&summary), "{}", run.explain());
+    for i in 0..n {
+        let path = big.join(format!("e{i:04}"));
+        let meta = fs::symlink_metadata(&path).unwrap();
+        let want = match kind(i) {
+            Kind::HardLinkOut => (0, 0),
+            Kind::Foreign => (999, 999),
+            _ => (1234, 1234),
+        };
+        assert_eq!(
+            (meta.uid(), meta.gid()),
+            want,
+            "{} ({:?})",
+            path.display(),
+            kind(i)
+        );
+    }
+    assert_eq!(
+        fs::read_link(big.join("e0003")).unwrap(),
+        Path::new("/etc/shadow")
+    );
+    outside.assert_unchanged();
+}

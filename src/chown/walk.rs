@@ -1,11 +1,15 @@
-//! The parallel walker: every folder is a rayon task, stolen by whichever core is free.
+//! The parallel walker: every folder is a rayon task, and so is every slice of a large
+//! folder's other entries, stolen by whichever core is free.
 //!
 //! A task holds its parent's descriptor and the folder's name, opens the folder relative to
 //! the parent (no symlinks, no other filesystem unless asked), acts on it through that
 //! descriptor, lists it, and hands its subfolders on as new tasks. Every other entry is
 //! opened O_PATH|O_NOFOLLOW, stat'ed and chowned through the same descriptor, so what is
-//! changed is exactly what was examined, whatever happens to the names meanwhile. Open
-//! descriptors stay bounded by the folders that still have work pending.
+//! changed is exactly what was examined, whatever happens to the names meanwhile. The one
+//! shortcut: after an entry that needed nothing, the next is first stat'ed by name, and if
+//! it needs nothing either that is all (one syscall instead of three); anything to change,
+//! skip or report is still opened and examined as above. Open descriptors stay bounded by
+//! the folders that still have work pending.
 
 use std::ffi::{CStr, CString, OsStr};
 use std::io;
@@ -48,6 +52,15 @@ impl Counts {
     }
 }
 
+/// How [`Walk::leaf`] first looks at an entry, guessed from the entry before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Examine {
+    /// One stat by name (fstatat): enough for an entry that needs nothing.
+    ByName,
+    /// Open it O_PATH and stat the descriptor: what acting needs, with no stat beforehand.
+    ByDescriptor,
+}
+
 /// One walk over one tree.
 pub struct Walk<'a> {
     policy: &'a Policy,
@@ -88,13 +101,12 @@ impl<'a> Walk<'a> {
         Ok(())
     }
 
-    /// Lists folder `dir` and works on its entries; subfolders become tasks.
+    /// Lists folder `dir` and works on its entries; subfolders become tasks, and so do
+    /// slices of a large folder's other entries.
     fn list<'s>(&'s self, scope: &rayon::Scope<'s>, dir: &Arc<OwnedFd>, path: &Path) {
         let mut buf = [MaybeUninit::<u8>::uninit(); 32 * 1024];
         let mut entries = RawDir::new(dir.as_fd(), &mut buf);
-        // Counted here and added once per folder: shared counters bumped per entry would
-        // bounce a cache line between the cores on every file.
-        let mut counts = Counts::default();
+        let mut leaves = Leaves::default();
         while let Some(entry) = entries.next() {
             let entry = match entry {
                 Ok(entry) => entry,
@@ -113,8 +125,55 @@ impl<'a> Walk<'a> {
                 let child = path.join(OsStr::from_bytes(name.as_bytes()));
                 scope.spawn(move |scope| self.folder(scope, &parent, &name, &child));
             } else {
-                self.entry(scope, dir, name, path, &mut counts);
+                leaves.push(name);
+                if leaves.len() == Leaves::BATCH {
+                    self.share_out(scope, dir, &leaves, path);
+                    leaves.clear();
+                }
             }
+        }
+        self.share_out(scope, dir, &leaves, path);
+    }
+
+    /// Works on a batch of `dir`'s entries in slices that other cores may take (one folder
+    /// of 100,000 files would otherwise keep one core busy while the others idle), and
+    /// returns when all are done, so that listing goes no further ahead of the work than a
+    /// batch.
+    fn share_out<'s>(
+        &'s self,
+        scope: &rayon::Scope<'s>,
+        dir: &Arc<OwnedFd>,
+        leaves: &Leaves,
+        path: &Path,
+    ) {
+        if leaves.slices() <= 1 {
+            return self.leaves(scope, dir, leaves, 0, path);
+        }
+        rayon::scope(|slices| {
+            for slice in 1..leaves.slices() {
+                slices.spawn(move |_| self.leaves(scope, dir, leaves, slice, path));
+            }
+            self.leaves(scope, dir, leaves, 0, path);
+        });
+    }
+
+    /// Works on slice `slice` of `leaves`, entries of `dir`.
+    fn leaves<'s>(
+        &'s self,
+        scope: &rayon::Scope<'s>,
+        dir: &Arc<OwnedFd>,
+        leaves: &Leaves,
+        slice: usize,
+        path: &Path,
+    ) {
+        // Counted here and added once per slice: shared counters bumped per entry would
+        // bounce a cache line between the cores on every file.
+        let mut counts = Counts::default();
+        // Entries of one folder tend to be alike: all root's after a container wrote them,
+        // or nearly all fine when a fix runs again.
+        let mut examine = Examine::ByDescriptor;
+        for name in leaves.slice(slice) {
+            self.entry(scope, dir, name, path, &mut counts, &mut examine);
         }
         counts.add_to(self.tally);
     }
@@ -147,7 +206,8 @@ impl<'a> Walk<'a> {
                 self.tally.entries.fetch_sub(1, Ordering::Relaxed);
                 let parent_path = path.parent().unwrap_or(path);
                 let mut counts = Counts::default();
-                self.leaf(parent.as_fd(), name, parent_path, &mut counts);
+                let mut examine = Examine::ByDescriptor;
+                self.leaf(parent.as_fd(), name, parent_path, &mut counts, &mut examine);
                 counts.add_to(self.tally);
             }
             Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
@@ -167,9 +227,10 @@ impl<'a> Walk<'a> {
         name: &CStr,
         path: &Path,
         counts: &mut Counts,
+        examine: &mut Examine,
     ) {
         // A folder after all (a filesystem without d_type, or swapped in): walk it.
-        if self.leaf(dir.as_fd(), name, path, counts) == Some(FileType::Directory) {
+        if self.leaf(dir.as_fd(), name, path, counts, examine) == Some(FileType::Directory) {
             let (parent, name) = (Arc::clone(dir), name.to_owned());
             let child = path.join(OsStr::from_bytes(name.as_bytes()));
             scope.spawn(move |scope| self.folder(scope, &parent, &name, &child));
@@ -178,14 +239,37 @@ impl<'a> Walk<'a> {
 
     /// Opens `name` without following or opening it, and acts on that very inode. Returns
     /// its type when it turned out to be a folder (not acted on here).
+    ///
+    /// An entry that needs nothing is done with one stat by name when `examine` says so:
+    /// nothing is changed on the strength of that stat, so a swap after it can only make
+    /// the walk miss a change, as a swap after the walk would.
     fn leaf(
         &self,
         dir: BorrowedFd<'_>,
         name: &CStr,
         dir_path: &Path,
         counts: &mut Counts,
+        examine: &mut Examine,
     ) -> Option<FileType> {
         let path = || dir_path.join(OsStr::from_bytes(name.to_bytes()));
+        if *examine == Examine::ByName {
+            match sysfs::stat_at(dir, name) {
+                Ok(inode) if inode.kind == FileType::Directory => {
+                    return Some(FileType::Directory);
+                }
+                Ok(inode)
+                    if (inode.dev == self.dev || self.policy.cross_mounts)
+                        && decide(self.policy, &inode) == Action::Fine =>
+                {
+                    counts.entries += 1;
+                    counts.fine += 1;
+                    return None;
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
+                // To act on, to skip or to report: through its descriptor, as below.
+                Ok(_) | Err(_) => *examine = Examine::ByDescriptor,
+            }
+        }
         let fd = match sysfs::open_entry(dir, name) {
             Ok(fd) => fd,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
@@ -210,11 +294,16 @@ impl<'a> Walk<'a> {
             self.skip(&path(), Skip::OtherFilesystem);
             return None;
         }
-        self.act(fd.as_fd(), inode, &path, counts);
+        let action = self.act(fd.as_fd(), inode, &path, counts);
+        *examine = if action == Action::Fine {
+            Examine::ByName
+        } else {
+            Examine::ByDescriptor
+        };
         None
     }
 
-    /// Applies the policy to one inode, through its descriptor.
+    /// Applies the policy to one inode, through its descriptor, and says what it was.
     /// The path is built only if a message needs it.
     fn act(
         &self,
@@ -222,19 +311,22 @@ impl<'a> Walk<'a> {
         inode: Inode,
         path: &dyn Fn() -> PathBuf,
         counts: &mut Counts,
-    ) {
-        match decide(self.policy, &inode) {
+    ) -> Action {
+        let action = decide(self.policy, &inode);
+        match action {
             Action::Fine => counts.fine += 1,
             Action::Skip(reason) => self.skip(&path(), reason),
             Action::Chown { uid, gid } => {
                 if !self.policy.dry_run
                     && let Err(e) = sysfs::chown(fd, uid, gid)
                 {
-                    return self.error(&path(), "changing the owner of", e);
+                    self.error(&path(), "changing the owner of", e);
+                    return action;
                 }
                 counts.changed += 1;
             }
         }
+        action
     }
 
     fn skip(&self, path: &Path, reason: Skip) {
@@ -254,6 +346,51 @@ impl<'a> Walk<'a> {
             ""
         };
         (self.report)(&format!("error {what} {}: {e}{hint}", quoted(path)));
+    }
+}
+
+/// Entries of a folder other than its subfolders, listed before they are worked on so that
+/// a large folder can be shared out. The names are copied out of the listing buffer into one
+/// allocation, not one each.
+#[derive(Default)]
+struct Leaves {
+    /// The names, each ending in its NUL.
+    names: Vec<u8>,
+    /// Where each name starts in `names`.
+    starts: Vec<usize>,
+}
+
+impl Leaves {
+    /// Entries per task when a folder is shared out among the cores (about 2 ms of work).
+    const PER_TASK: usize = 256;
+    /// Entries listed before they are worked on: bounds the memory a huge folder takes.
+    const BATCH: usize = 64 * 1024;
+
+    fn push(&mut self, name: &CStr) {
+        self.starts.push(self.names.len());
+        self.names.extend_from_slice(name.to_bytes_with_nul());
+    }
+
+    fn len(&self) -> usize {
+        self.starts.len()
+    }
+
+    fn clear(&mut self) {
+        self.names.clear();
+        self.starts.clear();
+    }
+
+    fn slices(&self) -> usize {
+        self.len().div_ceil(Self::PER_TASK)
+    }
+
+    /// The names of slice `i`.
+    fn slice(&self, i: usize) -> impl Iterator<Item = &CStr> {
+        let start = i * Self::PER_TASK;
+        let end = (start + Self::PER_TASK).min(self.len());
+        self.starts[start..end].iter().map(|&at| {
+            CStr::from_bytes_until_nul(&self.names[at..]).expect("each name ends in its NUL")
+        })
     }
 }
 
