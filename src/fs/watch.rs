@@ -30,6 +30,10 @@ use crate::sys::watch as fan;
 /// change the watch could not see (none is known) is seen within a minute.
 pub const WATCHED_TTL: Duration = Duration::from_secs(60);
 
+/// How long the event thread gathers a burst of events before acting on them: the longest a
+/// change made on SOURCE stays unseen through the mount.
+const GATHER: Duration = Duration::from_millis(5);
+
 /// A folder as fanotify names it: its filesystem id and file handle.
 type FolderId = ([u8; 8], Vec<u8>);
 
@@ -109,6 +113,12 @@ pub fn serve(watch: Arc<Watch>, nodes: Arc<Table>, notifier: Notifier) {
         let Ok(n) = rustix::io::read(&watch.group, &mut buf) else {
             continue;
         };
+        // Events come in bursts (a build, a container writing): gathering them for a few
+        // milliseconds costs this thread one wake-up per burst instead of one per change,
+        // on cores the mount's own requests need.
+        std::thread::sleep(GATHER);
+        let more = rustix::io::read(&watch.group, &mut buf[n..]).unwrap_or(0);
+        let n = n + more;
         for event in parse(&buf[..n]) {
             if event.mask & libc::FAN_Q_OVERFLOW != 0 {
                 invalidate_all(&nodes, &notifier);

@@ -20,7 +20,9 @@ const FOLDER_EVENTS: u64 = libc::FAN_CREATE
 /// A notification group whose events name the folder (by file handle) and the entry's name
 /// (`FAN_REPORT_DFID_NAME`, Linux 5.9; an ordinary user may make one since 5.13).
 pub fn group() -> io::Result<OwnedFd> {
-    let flags = libc::FAN_CLASS_NOTIF | libc::FAN_CLOEXEC | libc::FAN_REPORT_DFID_NAME;
+    // Non-blocking: the event thread polls, then reads what has gathered.
+    let flags =
+        libc::FAN_CLASS_NOTIF | libc::FAN_CLOEXEC | libc::FAN_NONBLOCK | libc::FAN_REPORT_DFID_NAME;
     // SAFETY: fanotify_init takes two flag words and returns a new descriptor or -1.
     let fd = unsafe { libc::fanotify_init(flags, (libc::O_RDONLY | libc::O_LARGEFILE) as u32) };
     if fd < 0 {
