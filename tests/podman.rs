@@ -155,19 +155,21 @@ fn rootless_podman_with_a_user_image_writes_as_the_user() {
     let dir = TestDir::new(user, "podman-user");
     let mount = format!("{}:/w", dir.path.display());
     let image = local("user1000");
-    let script = "touch /w/f 2>/dev/null; echo $?; id -u";
-    let args = [
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        "-v",
-        &mount,
-        &image,
-        "sh",
-        "-c",
-        script,
-    ];
+    let args_with = |script| {
+        [
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "-v",
+            &mount,
+            &image,
+            "sh",
+            "-c",
+            script,
+        ]
+    };
+    let args = args_with("touch /w/f 2>/dev/null; echo $?; id -u");
     let plain = Run::of(podman_as(user, &args));
     assert_eq!(plain.ok(), "1\n1000\n", "plain rootless podman: EACCES");
     let asme = asme_podman(user, &dir.path, &args);
@@ -175,19 +177,7 @@ fn rootless_podman_with_a_user_image_writes_as_the_user() {
     let meta = fs::metadata(dir.join("f")).unwrap();
     assert_eq!((meta.uid(), meta.gid()), (user.uid, user.gid));
     // The user strategy: the owner's account and HOME, made theirs by Podman's keep-id.
-    let script = "touch /w/user \"$HOME/x\" && id -un";
-    let user_args = [
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        "-v",
-        &mount,
-        &image,
-        "sh",
-        "-c",
-        script,
-    ];
+    let user_args = args_with("touch /w/user \"$HOME/x\" && id -un");
     let as_owner = asme_podman(
         user,
         &dir.path,
