@@ -13,6 +13,7 @@
 # (uid 2000 + run), so Podman has prepared nothing for it. ASME_BIN: a built asme.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/timing.sh
 runs=10
 if [ "${1:-}" = "-n" ]; then runs=$2; shift 2; fi
 image=${1:-localhost/asme-test/debian}
@@ -22,12 +23,8 @@ asme=${ASME_BIN:-target/x86_64-unknown-linux-gnu/release/asme}
 
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
-ms() { echo $(( $(date +%s%N) / 1000000 )); }
-timed() { local t0; t0=$(ms); "$@" >/dev/null 2>&1; echo $(( $(ms) - t0 )); }
 run() { podman run --rm --network none -v "$dir:/w" "$@"; }
 fuse() { "$asme" --engine podman --strategy fuse run --rm --network none -v "$dir:/w" "$@"; }
-median() { tr ' ' '\n' | grep . | sort -n | awk '{a[NR]=$1} END {printf "%d", (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; }
 # 1,000 small files: create, read, delete (as the container's user, in the bind mount).
 work='cd /w && mkdir -p s && cd s && for i in $(seq 1000); do echo $i > f$i; done && cat f* >/dev/null && rm -f f*'
 

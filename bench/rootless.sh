@@ -12,6 +12,7 @@
 # the image loaded (`docker save IMAGE | DOCKER_HOST=... docker load`). ASME_BIN: a built asme.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/timing.sh
 runs=10
 if [ "${1:-}" = "-n" ]; then runs=$2; shift 2; fi
 image=${1:-asme-test/busybox}
@@ -23,10 +24,6 @@ asme=${ASME_BIN:-target/x86_64-unknown-linux-gnu/release/asme}
 
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
-ms() { echo $(( $(date +%s%N) / 1000000 )); }
-timed() { local t0; t0=$(ms); "$@" >/dev/null 2>&1; echo $(( $(ms) - t0 )); }
-median() { tr ' ' '\n' | grep . | sort -n | awk '{a[NR]=$1} END {printf "%d", (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; }
 work='cd /w && mkdir -p s && cd s && for i in $(seq 1000); do echo $i > f$i; done && cat f* >/dev/null && rm -f f*'
 
 docker run --rm -v "$dir:/w" "$image" true >/dev/null 2>&1 # warm

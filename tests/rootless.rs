@@ -416,7 +416,10 @@ fn rootless_docker_doctor_and_driver() {
 /// A user's rootless dockerd beside the main engine: asme's volume driver on the main engine
 /// (its plugin started again while the rootless one runs) still serves the main engine's
 /// mount namespace, not the rootless daemon's, so a FUSE-mapped volume writes into the
-/// user's folder (it once wrote into the plugin's own folder instead).
+/// user's folder (it once wrote into the plugin's own folder instead). The slip happened
+/// only when the rootless daemon has the lower pid, which a test cannot arrange; the unit
+/// test `the_daemon_in_our_user_namespace_is_the_engines` covers the choice either way, and
+/// this one the whole path.
 #[test]
 fn the_main_engines_driver_finds_its_own_daemon_beside_a_rootless_one() {
     let user = user1234();

@@ -68,18 +68,27 @@ impl Program {
 /// A daemon in this process's user namespace comes first: a user's rootless dockerd (or
 /// rootless Podman's conmon) has a mount namespace of its own, which is not the engine's.
 pub fn daemon_pid(daemon: &str) -> Option<u32> {
-    let named: Vec<(u32, Option<PathBuf>)> = std::fs::read_dir("/proc")
-        .ok()?
-        .flatten()
-        .filter_map(|entry| {
-            let pid = entry.file_name().to_str()?.parse::<u32>().ok()?;
-            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
-            let userns = std::fs::read_link(format!("/proc/{pid}/ns/user")).ok();
-            (comm.trim_end() == daemon).then_some((pid, userns))
-        })
+    let named: Vec<(u32, Option<PathBuf>)> = processes_named(daemon)
+        .map(|pid| (pid, std::fs::read_link(format!("/proc/{pid}/ns/user")).ok()))
         .collect();
     let own = std::fs::read_link("/proc/self/ns/user").ok();
     choose_daemon(&named, own.as_deref())
+}
+
+/// The pids of the processes named `comm`, lowest first.
+pub fn processes_named(comm: &str) -> impl Iterator<Item = u32> + '_ {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(move |pid| process_name(*pid).is_some_and(|name| name == comm))
+}
+
+/// Process `pid`'s name (`comm`).
+pub fn process_name(pid: u32) -> Option<String> {
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    Some(comm.trim_end().to_string())
 }
 
 /// [`daemon_pid`]'s choice among the processes of that name, with their user namespaces:

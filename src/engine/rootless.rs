@@ -6,8 +6,9 @@
 
 use std::path::Path;
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow, bail};
 
+use super::kind::{process_name, processes_named};
 use super::{Engine, Program};
 use crate::owner::Owner;
 
@@ -36,7 +37,10 @@ impl RootlessNamespaces {
             })?,
             (Program::Docker, None) => only_daemon()?,
         };
-        let read = |what: &str| std::fs::read_to_string(format!("/proc/{pid}/{what}"));
+        let read = |what: &str| {
+            let path = format!("/proc/{pid}/{what}");
+            std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))
+        };
         let (uid_map, gid_map) = (read("uid_map")?, read("gid_map")?);
         let inside = |id: u32, map: &str| id_inside(id, map);
         match (inside(owner.uid, &uid_map), inside(owner.gid, &gid_map)) {
@@ -65,7 +69,8 @@ fn podman_pause_process(engine: &Engine) -> Result<u32> {
             .trim()
             .parse::<u32>()
             .ok()?;
-        is_own(pid, "podman pause").then_some(pid)
+        let paused = process_name(pid).is_some_and(|name| name == "podman pause");
+        (paused && is_ours(pid)).then_some(pid)
     };
     if let Some(pid) = running() {
         return Ok(pid);
@@ -74,23 +79,16 @@ fn podman_pause_process(engine: &Engine) -> Result<u32> {
     running().ok_or_else(|| anyhow!("rootless Podman's pause process is not running"))
 }
 
-/// Whether process `pid` is this user's and named `comm`.
-fn is_own(pid: u32, comm: &str) -> bool {
+/// Whether process `pid` runs as this process's user.
+fn is_ours(pid: u32) -> bool {
     let uid = crate::sys::real_ids().0;
-    let owner = std::fs::metadata(format!("/proc/{pid}"))
-        .map(|meta| std::os::unix::fs::MetadataExt::uid(&meta));
-    let name = std::fs::read_to_string(format!("/proc/{pid}/comm"));
-    owner.is_ok_and(|o| o == uid) && name.is_ok_and(|n| n.trim_end() == comm)
+    std::fs::metadata(format!("/proc/{pid}"))
+        .is_ok_and(|meta| std::os::unix::fs::MetadataExt::uid(&meta) == uid)
 }
 
 /// This user's dockerd processes.
 fn own_daemons() -> impl Iterator<Item = u32> {
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| is_own(*pid, "dockerd"))
+    processes_named("dockerd").filter(|pid| is_ours(*pid))
 }
 
 /// The dockerd of ours that listens on `socket` (its network namespace's unix sockets: a

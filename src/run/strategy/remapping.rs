@@ -52,7 +52,7 @@ pub fn on_rootless_engine<'a>(
     }
     let container = container_ids(ctx, args).map_err(anyhow::Error::from)?;
     let several_uids = super::runs_a_program_that_changes_users(ctx, args);
-    if super::super::mounts::bind_mounts(args).is_empty() || (container.0 == 0 && !several_uids) {
+    if crate::run::mounts::bind_mounts(args).is_empty() || (container.0 == 0 && !several_uids) {
         ctx.say(format_args!(
             "strategy keep: on a {} engine container root is you on disk, so the container \
              runs as plain {} would run it",
