@@ -8,7 +8,9 @@
 //!   (through the server, with a limited number of descriptors);
 //! - parallel writers through the mount, on distinct files, on one shared file (disjoint
 //!   stripes, through separate descriptors and through one shared descriptor) and on one
-//!   `O_APPEND` file (whole records, never split), with and without passthrough.
+//!   `O_APPEND` file (whole records, never split), with and without passthrough;
+//! - requests over io_uring (the fuse module's `enable_uring` must be on) and over `/dev/fuse`
+//!   (`-o nouring`).
 //!
 //! The mount maps SOURCE's uid/gid 1234 to root (`--map 1234/0:@1234/@0`), so root sees its
 //! files as 0:0 in the mount, as in the reference folder, and SOURCE ends up all 1234:1234.
@@ -123,6 +125,39 @@ impl Fixture {
             "asme mount returned but {} is not an asme mount",
             self.mnt.display()
         );
+        self.check_transport(options);
+    }
+
+    /// Requests go over io_uring unless `nouring` was asked for: the server then has one
+    /// `asme-ring-N` thread per CPU, each alive only while its queue is registered.
+    fn check_transport(&self, options: &[String]) {
+        let over_dev_fuse = options.iter().any(|o| o.split(',').any(|o| o == "nouring"));
+        let switch = fs::read_to_string("/sys/module/fuse/parameters/enable_uring");
+        if !over_dev_fuse {
+            assert!(
+                switch.as_deref().is_ok_and(|v| v.trim() == "Y"),
+                "the fuse module does not offer io_uring (enable_uring: {switch:?}); as root: \
+                 echo 1 > /sys/module/fuse/parameters/enable_uring (.ci/run does)"
+            );
+        }
+        let cpus = fs::read_to_string("/sys/devices/system/cpu/possible").unwrap();
+        let cpus: usize = cpus
+            .trim()
+            .rsplit(['-', ','])
+            .next()
+            .unwrap()
+            .parse::<usize>()
+            .unwrap()
+            + 1;
+        let want = if over_dev_fuse { 0 } else { cpus };
+        // Each queue's thread reports in before `asme mount` returns; a refused one ends.
+        let rings = ring_threads(&self.mnt);
+        assert_eq!(
+            rings,
+            want,
+            "{} has {rings} io_uring queue threads, {want} expected (options {options:?})",
+            self.mnt.display()
+        );
     }
 
     /// `asme umount MOUNTPOINT`, then nothing may be mounted there any more.
@@ -173,6 +208,28 @@ impl Drop for Fixture {
             let _ = fs::remove_dir_all(&self.base);
         }
     }
+}
+
+/// The `asme-ring-N` threads of the server of `mnt` (the `asme mount` process naming it).
+fn ring_threads(mnt: &Path) -> usize {
+    let mnt = mnt.as_os_str().as_bytes();
+    let server = fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().as_bytes().iter().all(u8::is_ascii_digit))
+        .find(|e| {
+            let cmdline = fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+            args.contains(&&b"mount"[..]) && args.contains(&mnt)
+        })
+        .unwrap_or_else(|| panic!("no asme mount process serves {}", mnt.escape_ascii()));
+    fs::read_dir(server.path().join("task"))
+        .unwrap()
+        .flatten()
+        .filter(|t| {
+            fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.starts_with("asme-ring-"))
+        })
+        .count()
 }
 
 fn mountinfo() -> String {
@@ -2026,13 +2083,26 @@ fn assert_no_problems(problems: &[String], run: &Runner) {
 // The tests.
 
 /// The mount as root, as `asme mount` makes it: file data through FUSE passthrough (the kernel
-/// reads and writes SOURCE's file itself), and descriptors for every file the kernel knows.
+/// reads and writes SOURCE's file itself), descriptors for every file the kernel knows, and
+/// requests over io_uring (the fuse module's switch is on here).
 #[test]
 fn randomised_operations_match_a_plain_folder() {
     randomised(
         "randomised_operations_match_a_plain_folder",
         "random",
         &[],
+        None,
+    );
+}
+
+/// The same over `/dev/fuse`, the transport of kernels without io_uring (or with the switch
+/// off), where fuser serves every request.
+#[test]
+fn randomised_operations_over_dev_fuse_match_a_plain_folder() {
+    randomised(
+        "randomised_operations_over_dev_fuse_match_a_plain_folder",
+        "random-dev",
+        &["nouring"],
         None,
     );
 }
@@ -2318,6 +2388,7 @@ fn parallel_writers_on_distinct_and_shared_files() {
     eprintln!("parallel writers: seed {seed:#x} (ASME_RANDOM_SEED)");
     parallel_writers(seed, "parallel", &[]);
     parallel_writers(seed, "parallel-nopt", &["nopassthrough".to_owned()]);
+    parallel_writers(seed, "parallel-dev", &["nopassthrough,nouring".to_owned()]);
 }
 
 fn parallel_writers(seed: u64, label: &str, options: &[String]) {

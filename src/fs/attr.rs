@@ -9,12 +9,12 @@ use std::ffi::OsStr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use fuser::{FileAttr, FileHandle, FileType, INodeNo, Request, TimeOrNow};
+use fuser::{FileAttr, FileHandle, FileType, INodeNo, TimeOrNow};
 use rustix::fs::{AtFlags, Mode, OFlags, Stat, StatVfs, Timespec, Timestamps};
 
 use super::node::{self, Node};
 use super::owners::{self, Recorded};
-use super::{MappedFs, Result, errno, handle, key, proc_path};
+use super::{Caller, MappedFs, Result, errno, handle, key, proc_path};
 
 /// Where an object is, for recorded owners kept by path (`owners::Sidecar`): a known node,
 /// or a name in a known folder.
@@ -132,7 +132,7 @@ impl MappedFs {
     pub(super) fn record_creator(
         &self,
         recorded: Recorded,
-        req: &Request,
+        caller: Caller,
         parent: (INodeNo, &OwnedFd),
         (fd, name): (BorrowedFd<'_>, &OsStr),
         st: &Stat,
@@ -153,9 +153,9 @@ impl MappedFs {
             self.shown_owner(&parent_st, parent.as_fd(), At::Node(parent_ino.0))
                 .1
         } else {
-            req.gid()
+            caller.gid
         };
-        let creator = (req.uid(), gid);
+        let creator = (caller.uid, gid);
         let mapped = owners::mapped(&self.settings.map, &st);
         // A record left by an object of the same name that went behind the mount's back.
         if creator != mapped || self.sidecar.is_some() {
@@ -168,18 +168,18 @@ impl MappedFs {
     /// have done for the creator). chown clears set-id bits the creator asked for: restore.
     pub(super) fn give_to_creator(
         &self,
-        req: &Request,
+        caller: Caller,
         parent: &OwnedFd,
         fd: BorrowedFd<'_>,
         st: &Stat,
     ) -> Result<Stat> {
         let map = &self.settings.map;
-        let uid = map.users.to_source(req.uid());
+        let uid = map.users.to_source(caller.uid);
         let parent_st = rustix::fs::fstat(parent).map_err(errno)?;
         let gid = if parent_st.st_mode as u32 & libc::S_ISGID != 0 {
             parent_st.st_gid
         } else {
-            map.groups.to_source(req.gid())
+            map.groups.to_source(caller.gid)
         };
         if st.st_uid == uid && st.st_gid == gid {
             return Ok(*st);

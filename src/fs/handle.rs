@@ -10,28 +10,31 @@ use std::ffi::OsStr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, IntoRawFd, OwnedFd, RawFd};
 use std::sync::MutexGuard;
 
-use fuser::{
-    Errno, FileAttr, FileHandle, FopenFlags, Generation, INodeNo, ReplyCreate, ReplyOpen, Request,
-};
+use fuser::{Errno, FileAttr, FileHandle, FopenFlags, INodeNo};
 use rustix::fs::{Mode, OFlags, SeekFrom};
 use rustix::io::Errno as SysErrno;
 
 use super::node::{self, Backing, Node};
-use super::{MappedFs, Result, errno, key, lock, open_path, proc_path};
+use super::{Caller, MappedFs, Result, errno, key, lock, open_path, proc_path};
 use crate::sys::fd::{borrow_raw_fd, close_raw_fd};
+use crate::sys::fuse::BackingFile;
 
 /// Bit set in a file handle whose data goes through the kernel's passthrough.
 const PASSTHROUGH_FH: u64 = 1 << 32;
 
-/// A new file handle, and the inode's passthrough state (locked until the reply is sent).
-struct Served<'n> {
-    fh: FileHandle,
+/// An opened file as the reply gives it: the handle, the FOPEN flags and, with passthrough,
+/// the inode's backing file.
+pub(super) struct Opened<'n> {
+    pub fh: FileHandle,
+    pub flags: FopenFlags,
+    /// The inode's passthrough state, locked until the reply is sent: its backing file is
+    /// the one the reply names.
     io: MutexGuard<'n, node::Io>,
 }
 
-impl Served<'_> {
-    fn backing(&self) -> Option<&fuser::BackingId> {
-        self.io.backing.as_ref().map(|b| &b.id)
+impl Opened<'_> {
+    pub fn backing(&self) -> Option<&BackingFile> {
+        self.io.backing.as_ref().map(|b| &b.file)
     }
 }
 
@@ -42,57 +45,46 @@ impl MappedFs {
         rustix::fs::open(proc_path(fd.as_raw_fd()), flags, Mode::empty()).map_err(errno)
     }
 
-    /// OPEN.
-    pub(super) fn open_file(&self, node: &Node, flags: i32, reply: ReplyOpen) {
+    /// OPEN: `send` gets the handle (or the error) while the inode's passthrough state is
+    /// held.
+    pub(super) fn open_file(&self, node: &Node, flags: i32, send: impl FnOnce(Result<Opened<'_>>)) {
         let served = self
             .reopen(node, open_flags(flags))
-            .and_then(|fd| self.serve(node, fd, |fd| reply.open_backing(fd)));
-        match served {
-            Ok(s) => match s.backing() {
-                Some(id) => reply.opened_passthrough(s.fh, FopenFlags::empty(), id),
-                None => reply.opened(s.fh, FopenFlags::FOPEN_KEEP_CACHE),
-            },
-            Err(e) => reply.error(e),
-        }
+            .and_then(|fd| self.serve(node, fd));
+        send(served.map(|mut o| {
+            if o.backing().is_none() {
+                o.flags = FopenFlags::FOPEN_KEEP_CACHE;
+            }
+            o
+        }));
     }
 
-    /// CREATE: open `name` in `parent`, made for the caller if it is not there.
+    /// CREATE: open `name` in `parent`, made for the caller if it is not there; `send` gets
+    /// its attributes and handle as `open_file`'s does.
     pub(super) fn create_file(
         &self,
-        req: &Request,
+        caller: Caller,
         parent: INodeNo,
         name: &OsStr,
-        mode: u32,
-        flags: i32,
-        reply: ReplyCreate,
+        (mode, flags): (u32, i32),
+        send: impl FnOnce(Result<(FileAttr, Opened<'_>)>),
     ) {
         let opened = self
             .node_fd(parent)
-            .and_then(|(_, dir)| self.create_at(req, (parent, &dir), name, mode, flags));
+            .and_then(|(_, dir)| self.create_at(caller, (parent, &dir), name, mode, flags));
         let (fd, attr) = match opened {
             Ok(opened) => opened,
-            Err(e) => return reply.error(e),
+            Err(e) => return send(Err(e)),
         };
         let node = match self.node(attr.ino) {
             Ok(node) => node,
-            Err(e) => return reply.error(e),
+            Err(e) => return send(Err(e)),
         };
-        let ttl = &self.ttl();
-        match self.serve(&node, fd, |fd| reply.open_backing(fd)) {
-            Ok(s) => match s.backing() {
-                Some(id) => reply.created_passthrough(
-                    ttl,
-                    &attr,
-                    Generation(0),
-                    s.fh,
-                    FopenFlags::empty(),
-                    id,
-                ),
-                None => reply.created(ttl, &attr, Generation(0), s.fh, FopenFlags::empty()),
-            },
+        match self.serve(&node, fd) {
+            Ok(o) => send(Ok((attr, o))),
             Err(e) => {
                 self.nodes.forget(attr.ino.0, 1); // the lookup the kernel will not hold
-                reply.error(e);
+                send(Err(e));
             }
         }
     }
@@ -101,7 +93,7 @@ impl MappedFs {
     /// need be), and its attributes, the kernel's reference counted.
     fn create_at(
         &self,
-        req: &Request,
+        caller: Caller,
         parent: (INodeNo, &OwnedFd),
         name: &OsStr,
         mode: u32,
@@ -126,7 +118,7 @@ impl MappedFs {
         let attr = if made {
             let st = rustix::fs::fstat(&fd).map_err(errno)?;
             let path_fd = open_path(dir, name)?;
-            self.adopt(req, parent, name, path_fd, Some(key(&st)))?
+            self.adopt(caller, parent, name, path_fd, Some(key(&st)))?
         } else {
             self.lookup_entry(parent.0, name)?
         };
@@ -134,29 +126,29 @@ impl MappedFs {
     }
 
     /// Makes `fd` (a file of `node`, opened for the caller) a handle. With passthrough on,
-    /// reads and writes bypass the server: the inode's backing id is registered from its
+    /// reads and writes bypass the server: the inode's backing file is registered from its
     /// first handle and shared by the others. The kernel opens its own backing file per FUSE
     /// file, with that file's flags, so one registration serves every access mode; and it
     /// clears set-id bits for the caller as on any write.
-    fn serve<'n>(
-        &self,
-        node: &'n Node,
-        fd: OwnedFd,
-        register: impl FnOnce(BorrowedFd<'_>) -> std::io::Result<fuser::BackingId>,
-    ) -> Result<Served<'n>> {
+    fn serve<'n>(&self, node: &'n Node, fd: OwnedFd) -> Result<Opened<'n>> {
         let mut io = lock(&node.io);
-        if self.passthrough {
+        let device = self.device.get().filter(|_| self.passthrough());
+        if let Some(device) = device {
             if io.backing.is_none() {
-                let id = register(fd.as_fd()).map_err(Errno::from)?;
-                io.backing = Some(Backing { id, opens: 0 });
+                let file = BackingFile::open(device, fd.as_fd()).map_err(Errno::from)?;
+                io.backing = Some(Backing { file, opens: 0 });
             }
             if let Some(b) = io.backing.as_mut() {
                 b.opens += 1;
             }
         }
-        let passthrough = if self.passthrough { PASSTHROUGH_FH } else { 0 };
+        let passthrough = if device.is_some() { PASSTHROUGH_FH } else { 0 };
         let fh = FileHandle(fd.into_raw_fd() as u64 | passthrough);
-        Ok(Served { fh, io })
+        Ok(Opened {
+            fh,
+            flags: FopenFlags::empty(),
+            io,
+        })
     }
 
     /// RELEASE: the last request on `fh`.

@@ -111,12 +111,7 @@ impl MappedFs {
     }
 
     /// READDIR: names, numbers and kinds from `offset` on, as many as fit in `reply`.
-    pub(super) fn list(
-        &self,
-        fh: FileHandle,
-        offset: u64,
-        reply: &mut ReplyDirectory,
-    ) -> Result<()> {
+    pub(super) fn list(&self, fh: FileHandle, offset: u64, reply: &mut impl DirSink) -> Result<()> {
         self.walk(fh, offset, |next, e| {
             Ok(stop_if(reply.add(INodeNo(e.ino), next, e.kind, e.name())))
         })
@@ -129,7 +124,7 @@ impl MappedFs {
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
-        reply: &mut ReplyDirectoryPlus,
+        reply: &mut impl DirPlusSink,
     ) -> Result<()> {
         let ttl = self.ttl();
         self.walk(fh, offset, |next, e| {
@@ -142,14 +137,7 @@ impl MappedFs {
                     ..placeholder_attr(e.kind)
                 };
                 let zero = Duration::ZERO;
-                return Ok(stop_if(reply.add(
-                    INodeNo(e.ino),
-                    next,
-                    name,
-                    &zero,
-                    &attr,
-                    Generation(0),
-                )));
+                return Ok(stop_if(reply.add(next, name, &zero, &attr)));
             }
             let attr = match self.lookup_entry(ino, name) {
                 Ok(attr) => attr,
@@ -161,7 +149,7 @@ impl MappedFs {
                 Err(e) if next == offset + 1 => return Err(e),
                 Err(_) => return Ok(ControlFlow::Break(())),
             };
-            if reply.add(attr.ino, next, name, &ttl, &attr, Generation(0)) {
+            if reply.add(next, name, &ttl, &attr) {
                 // Not sent: the reference just counted is not the kernel's.
                 self.nodes.forget(attr.ino.0, 1);
                 return Ok(ControlFlow::Break(()));
@@ -209,7 +197,29 @@ impl MappedFs {
     }
 }
 
-/// fuser's `add` says whether the reply was already full (the entry not added).
+/// Where READDIR's entries go (fuser's reply, or a ring entry's payload, `wire`); `add`
+/// says whether the reply was already full (the entry not added).
+pub(super) trait DirSink {
+    fn add(&mut self, ino: INodeNo, offset: u64, kind: FileType, name: &OsStr) -> bool;
+}
+
+/// Where READDIRPLUS's entries go; `attr.ino` is the entry's node.
+pub(super) trait DirPlusSink {
+    fn add(&mut self, offset: u64, name: &OsStr, ttl: &Duration, attr: &FileAttr) -> bool;
+}
+
+impl DirSink for ReplyDirectory {
+    fn add(&mut self, ino: INodeNo, offset: u64, kind: FileType, name: &OsStr) -> bool {
+        ReplyDirectory::add(self, ino, offset, kind, name)
+    }
+}
+
+impl DirPlusSink for ReplyDirectoryPlus {
+    fn add(&mut self, offset: u64, name: &OsStr, ttl: &Duration, attr: &FileAttr) -> bool {
+        ReplyDirectoryPlus::add(self, attr.ino, offset, name, ttl, attr, Generation(0))
+    }
+}
+
 fn stop_if(full: bool) -> ControlFlow<()> {
     if full {
         ControlFlow::Break(())

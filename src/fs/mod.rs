@@ -7,7 +7,8 @@
 //! root, reads and writes of regular files bypass the server (FUSE passthrough).
 //!
 //! Split as virtiofsd splits protocol from filesystem: `server` decodes each FUSE request
-//! into one call on `MappedFs` and sends the reply; the filesystem is `names` (lookup and the
+//! into one call on `MappedFs` and sends the reply (`ring` and `wire` do the same for requests
+//! that come over io_uring, where the kernel offers it); the filesystem is `names` (lookup and the
 //! namespace operations), `attr` (attributes, ownership, xattrs), `handle` (open files and
 //! passthrough), `listing` (open folders), `node` (the inode table) and `map` (the owner map).
 //! `mount` and `check` set the session up and take it down. This file owns the shared state
@@ -21,13 +22,17 @@ pub mod map;
 pub mod mount;
 mod names;
 mod node;
+mod options;
 pub mod owners;
+mod ring;
 mod server;
 mod watch;
+mod wire;
 
 use std::ffi::{CString, OsStr};
 use std::os::fd::{OwnedFd, RawFd};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use fuser::{Errno, INodeNo};
@@ -48,6 +53,8 @@ pub struct Settings {
     pub ttl: Duration,
     /// Use FUSE passthrough for file data when the kernel offers it (needs root).
     pub passthrough: bool,
+    /// Take requests over io_uring when the kernel offers it (`ring`).
+    pub uring: bool,
     /// Keep SOURCE's files the owner's and record the owners the mount shows (`owners`).
     pub recorded: Option<owners::Recorded>,
     /// Watch SOURCE and trust names and attributes for `watch::WATCHED_TTL` while the watch
@@ -70,12 +77,32 @@ pub struct MappedFs {
     /// Root may give created files to their creator and open backing files.
     as_root: bool,
     /// Set once, at FUSE init, when the kernel accepted passthrough.
-    passthrough: bool,
+    passthrough: AtomicBool,
+    /// Set once, at FUSE init, when the kernel agreed to FUSE over io_uring (`ring`).
+    uring: AtomicBool,
+    /// The session's `/dev/fuse`, once it runs: passthrough registers backing files on it.
+    device: OnceLock<Arc<OwnedFd>>,
     /// Recorded owners on a filesystem without `user.` attributes (`owners::Sidecar`).
     sidecar: Option<owners::Sidecar>,
 }
 
 type Result<T> = std::result::Result<T, Errno>;
+
+/// Who made a request, as the kernel names them (ids as the mount shows them).
+#[derive(Debug, Clone, Copy)]
+struct Caller {
+    uid: u32,
+    gid: u32,
+}
+
+impl From<&fuser::Request> for Caller {
+    fn from(req: &fuser::Request) -> Caller {
+        Caller {
+            uid: req.uid(),
+            gid: req.gid(),
+        }
+    }
+}
 
 fn errno(e: SysErrno) -> Errno {
     Errno::from_i32(e.raw_os_error())
@@ -107,13 +134,29 @@ impl MappedFs {
             settings,
             dirs: Dirs::default(),
             as_root: rustix::process::geteuid().is_root(),
-            passthrough: false,
+            passthrough: AtomicBool::new(false),
+            uring: AtomicBool::new(false),
+            device: OnceLock::new(),
         })
     }
 
     /// What the session's watch thread needs ([`watch::serve`]), if SOURCE is watched.
     pub fn watch_parts(&self) -> Option<WatchParts> {
         Some((self.watch.clone()?, self.nodes.clone()))
+    }
+
+    /// The session's device, once it is up (see `device`).
+    pub fn set_device(&self, dev: Arc<OwnedFd>) {
+        let _ = self.device.set(dev);
+    }
+
+    /// Whether the kernel agreed at INIT to take requests over io_uring.
+    pub fn uring_agreed(&self) -> bool {
+        self.uring.load(Ordering::Relaxed)
+    }
+
+    fn passthrough(&self) -> bool {
+        self.passthrough.load(Ordering::Relaxed)
     }
 
     /// How long the kernel may trust the names and attributes it is given now.

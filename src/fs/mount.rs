@@ -10,7 +10,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow, bail};
 use fuser::{Config, MountOption, SessionACL};
@@ -20,7 +20,9 @@ use rustix::io::Errno;
 
 use super::check::{check_dev_fuse, check_mountpoint, check_user_mount, fusermount};
 use super::map::OwnerMap;
+use super::options::{Options, parse_options};
 use super::owners::Recorded;
+use super::server::FuseServer;
 use super::{MappedFs, Settings};
 use crate::owner::{self, Owner};
 
@@ -42,82 +44,6 @@ pub struct MountRequest {
     /// (internal) mount and serve in the user and mount namespaces of this process: a
     /// rootless engine's daemon, which this user owns.
     pub enter: Option<u32>,
-}
-
-/// Parsed `-o` options.
-#[derive(Debug, Clone, PartialEq)]
-struct Options {
-    read_only: bool,
-    acl: SessionACL,
-    ttl: Duration,
-    passthrough: bool,
-    dev: bool,
-    suid: bool,
-    threads: usize,
-    record_owners: bool,
-    /// Watch SOURCE for long caching (`fs::watch`): off with `nowatch` or `timeout=`.
-    watch: bool,
-}
-
-const KNOWN_OPTIONS: &str = "ro, rw, allow_other, allow_root, private, timeout=SECONDS, \
-                             nowatch, nopassthrough, dev, suid, threads=N, record_owners";
-
-fn parse_options(given: &[String]) -> Result<Options> {
-    let mut o = Options {
-        read_only: false,
-        // Docker (root) and the container's users must reach the mount.
-        acl: SessionACL::All,
-        ttl: Duration::from_secs(1),
-        passthrough: true,
-        dev: false,
-        suid: false,
-        threads: std::thread::available_parallelism()
-            .map_or(2, |n| n.get())
-            .max(2)
-            * 2,
-        record_owners: false,
-        watch: true,
-    };
-    for opt in given
-        .iter()
-        .flat_map(|s| s.split(','))
-        .filter(|s| !s.is_empty())
-    {
-        match opt.split_once('=') {
-            None => match opt {
-                "ro" => o.read_only = true,
-                "rw" => o.read_only = false,
-                "allow_other" => o.acl = SessionACL::All,
-                "allow_root" => o.acl = SessionACL::RootAndOwner,
-                "private" => o.acl = SessionACL::Owner,
-                "nopassthrough" => o.passthrough = false,
-                "dev" => o.dev = true,
-                "suid" => o.suid = true,
-                "record_owners" => o.record_owners = true,
-                "nowatch" => o.watch = false,
-                _ => bail!("unknown mount option {opt:?} (known: {KNOWN_OPTIONS})"),
-            },
-            Some(("timeout", v)) => {
-                let secs: f64 = v
-                    .parse()
-                    .ok()
-                    .filter(|s: &f64| s.is_finite() && *s >= 0.0)
-                    .ok_or_else(|| anyhow!("bad mount option {opt:?}: seconds expected"))?;
-                o.ttl = Duration::from_secs_f64(secs);
-                // A timeout asked for is the timeout used.
-                o.watch = false;
-            }
-            Some(("threads", v)) => {
-                o.threads = v
-                    .parse()
-                    .ok()
-                    .filter(|n| (1..=256).contains(n))
-                    .ok_or_else(|| anyhow!("bad mount option {opt:?}: 1 to 256 threads"))?;
-            }
-            Some(_) => bail!("unknown mount option {opt:?} (known: {KNOWN_OPTIONS})"),
-        }
-    }
-    Ok(o)
 }
 
 /// `asme mount`.
@@ -186,23 +112,24 @@ pub fn main(req: &MountRequest) -> Result<()> {
         ttl: options.ttl,
         watch: options.watch,
         passthrough: options.passthrough,
+        uring: options.uring,
         recorded,
     };
     let config = session_config(req, &options, as_root);
-    let (mut session, watch) = match (source, req.serve_as) {
+    let (mut session, fs) = match (source, req.serve_as) {
         (Some(source), _) => {
-            let fs = MappedFs::new(source, settings).context("source")?;
-            let watch = fs.watch_parts();
-            let session = fuser::Session::new(fs, &mountpoint, &config)
+            let fs = Arc::new(MappedFs::new(source, settings).context("source")?);
+            let session = fuser::Session::new(FuseServer(fs.clone()), &mountpoint, &config)
                 .map_err(|e| mount_error(e, &mountpoint))?;
-            (session, watch)
+            (session, fs)
         }
         (None, Some(owner)) => {
             mount_then_serve_as(req, owner, &mountpoint, &options, settings, config)?
         }
         (None, None) => unreachable!("SOURCE is opened first unless serving as a user"),
     };
-    if let Some((watch, nodes)) = watch {
+    serve_beside(&fs, &session)?;
+    if let Some((watch, nodes)) = fs.watch_parts() {
         let notifier = session.notifier();
         std::thread::spawn(move || super::watch::serve(watch, nodes, notifier));
     }
@@ -235,7 +162,7 @@ fn mount_then_serve_as(
     options: &Options,
     settings: Settings,
     config: Config,
-) -> Result<(fuser::Session<MappedFs>, Option<super::WatchParts>)> {
+) -> Result<(fuser::Session<FuseServer>, Arc<MappedFs>)> {
     let dev = rustix::fs::open("/dev/fuse", OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())
         .context("opening /dev/fuse")?;
     let mut fuse_options = format!(
@@ -257,11 +184,26 @@ fn mount_then_serve_as(
     // Before any thread starts, so that every server thread is the user.
     crate::sys::become_user(owner.uid, owner.gid)
         .with_context(|| format!("becoming {owner} to serve"))?;
-    let fs = MappedFs::new(open_source(&req.source)?, settings).context("source")?;
-    let watch = fs.watch_parts();
-    let session = fuser::Session::from_fd(fs, dev, options.acl, config)
+    let fs = Arc::new(MappedFs::new(open_source(&req.source)?, settings).context("source")?);
+    let session = fuser::Session::from_fd(FuseServer(fs.clone()), dev, options.acl, config)
         .context("starting the FUSE session")?;
-    Ok((session, watch))
+    Ok((session, fs))
+}
+
+/// Once INIT is done: the session's device for passthrough's backing files, and the io_uring
+/// queues if the kernel agreed to them (else, or if they fail, fuser's loop serves all).
+fn serve_beside(fs: &Arc<MappedFs>, session: &fuser::Session<FuseServer>) -> Result<()> {
+    let dev = std::os::fd::AsFd::as_fd(session)
+        .try_clone_to_owned()
+        .context("/dev/fuse")?;
+    let dev = Arc::new(dev);
+    fs.set_device(dev.clone());
+    if fs.uring_agreed()
+        && let Err(e) = super::ring::start(fs.clone(), dev)
+    {
+        eprintln!("asme mount: io_uring: {e}; serving over /dev/fuse");
+    }
+    Ok(())
 }
 
 /// With `-o record_owners`, whom SOURCE's files are stored as: the server's user when it is
@@ -601,21 +543,6 @@ pub fn umount(mountpoint: &Path, lazy: bool, enter: Option<u32>) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn options_parse_and_refuse_unknown_ones() {
-        let o = parse_options(&["ro,allow_root".into(), "timeout=0.5,threads=3".into()]).unwrap();
-        assert!(o.read_only);
-        assert_eq!(o.acl, SessionACL::RootAndOwner);
-        assert_eq!(o.ttl, Duration::from_millis(500));
-        assert_eq!(o.threads, 3);
-        let d = parse_options(&[]).unwrap();
-        assert_eq!(d.acl, SessionACL::All);
-        assert!(d.passthrough && !d.read_only && !d.dev && !d.suid);
-        for bad in ["nonsense", "timeout=x", "timeout=-1", "threads=0", "uid=3"] {
-            assert!(parse_options(&[bad.into()]).is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn mountinfo_lines_are_read_with_escapes() {

@@ -10,12 +10,12 @@ use std::ffi::OsStr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
-use fuser::{Errno, FileAttr, INodeNo, Request};
+use fuser::{Errno, FileAttr, INodeNo};
 use rustix::fs::{AtFlags, Mode, RenameFlags};
 
 use super::attr::{At, decode_dev};
 use super::node::Key;
-use super::{MappedFs, Result, errno, key, open_path, proc_path};
+use super::{Caller, MappedFs, Result, errno, key, open_path, proc_path};
 
 impl MappedFs {
     /// Looks `name` up in `parent` and counts the kernel's reference.
@@ -38,7 +38,7 @@ impl MappedFs {
     /// when it holds another descriptor of it: the name must still be that object.
     pub(super) fn adopt(
         &self,
-        req: &Request,
+        caller: Caller,
         parent: (INodeNo, &OwnedFd),
         name: &OsStr,
         path_fd: OwnedFd,
@@ -49,9 +49,9 @@ impl MappedFs {
             return Err(Errno::ESTALE); // replaced on SOURCE in between
         }
         let st = if let Some(recorded) = self.settings.recorded {
-            self.record_creator(recorded, req, parent, (path_fd.as_fd(), name), &st)?
+            self.record_creator(recorded, caller, parent, (path_fd.as_fd(), name), &st)?
         } else if self.as_root {
-            self.give_to_creator(req, parent.1, path_fd.as_fd(), &st)?
+            self.give_to_creator(caller, parent.1, path_fd.as_fd(), &st)?
         } else {
             st
         };
@@ -64,13 +64,13 @@ impl MappedFs {
     /// MKNOD: a device, fifo, socket or empty file.
     pub(super) fn mknod_at(
         &self,
-        req: &Request,
+        caller: Caller,
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
         rdev: u32,
     ) -> Result<FileAttr> {
-        self.make_node(req, parent, name, |dir| {
+        self.make_node(caller, parent, name, |dir| {
             let kind = rustix::fs::FileType::from_raw_mode(mode);
             let perm = Mode::from_raw_mode(mode & 0o7777);
             rustix::fs::mknodat(dir, name, kind, perm, decode_dev(rdev))
@@ -79,31 +79,31 @@ impl MappedFs {
 
     pub(super) fn mkdir_at(
         &self,
-        req: &Request,
+        caller: Caller,
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
     ) -> Result<FileAttr> {
-        self.make_node(req, parent, name, |dir| {
+        self.make_node(caller, parent, name, |dir| {
             rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(mode & 0o7777))
         })
     }
 
     pub(super) fn symlink_at(
         &self,
-        req: &Request,
+        caller: Caller,
         parent: INodeNo,
         link_name: &OsStr,
         target: &Path,
     ) -> Result<FileAttr> {
-        self.make_node(req, parent, link_name, |dir| {
+        self.make_node(caller, parent, link_name, |dir| {
             rustix::fs::symlinkat(target, dir, link_name)
         })
     }
 
     fn make_node(
         &self,
-        req: &Request,
+        caller: Caller,
         parent: INodeNo,
         name: &OsStr,
         make: impl FnOnce(BorrowedFd<'_>) -> rustix::io::Result<()>,
@@ -114,7 +114,7 @@ impl MappedFs {
         let (_, dir) = self.node_fd(parent)?;
         make(dir.as_fd()).map_err(errno)?;
         let fd = open_path(&dir, name)?;
-        self.adopt(req, (parent, &dir), name, fd, None)
+        self.adopt(caller, (parent, &dir), name, fd, None)
     }
 
     /// UNLINK, or RMDIR with `AtFlags::REMOVEDIR`.

@@ -21,7 +21,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use fuser::BackingId;
+use crate::sys::fuse::BackingFile;
 use rustix::fs::{Mode, OFlags};
 
 /// The FUSE root's id.
@@ -60,7 +60,7 @@ pub struct Io {
 
 #[derive(Debug)]
 pub struct Backing {
-    pub id: BackingId,
+    pub file: BackingFile,
     pub opens: u32,
 }
 

@@ -6,7 +6,10 @@
 //! good (FLUSH) are decided here.
 
 use std::ffi::OsStr;
+use std::ops::Deref;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
 use fuser::{
@@ -20,7 +23,18 @@ use rustix::fs::AtFlags;
 use super::attr::{AttrChange, Xattr, placeholder_attr};
 use super::{MappedFs, Result, handle};
 
-impl Filesystem for MappedFs {
+/// The filesystem as fuser serves it, shared with the io_uring queues (`ring`).
+#[derive(Debug)]
+pub struct FuseServer(pub Arc<MappedFs>);
+
+impl Deref for FuseServer {
+    type Target = MappedFs;
+    fn deref(&self) -> &MappedFs {
+        &self.0
+    }
+}
+
+impl Filesystem for FuseServer {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         for flag in [
             InitFlags::FUSE_DO_READDIRPLUS,
@@ -36,22 +50,26 @@ impl Filesystem for MappedFs {
             && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
             && config.set_max_stack_depth(1).is_ok()
         {
-            self.passthrough = true;
+            self.passthrough.store(true, Ordering::Relaxed);
+        }
+        if self.settings.uring
+            && crate::sys::uring::enabled()
+            && config
+                .add_capabilities(InitFlags::FUSE_OVER_IO_URING)
+                .is_ok()
+        {
+            // Each queue entry's payload buffer must hold the largest request or reply, at
+            // least max_write (fuser's default is 16 MiB): 1 MiB is what the kernel's default
+            // max_pages (256) lets a request carry anyway.
+            let _ = config.set_max_write(super::ring::PAYLOAD_LEN as u32);
+            self.uring.store(true, Ordering::Relaxed);
         }
         Ok(())
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match self.lookup_entry(parent, name) {
-            // A negative entry (node id 0) the kernel may keep for the timeout: compilers,
-            // interpreters and shells look up the same missing names again and again.
-            // Creating the name through the mount replaces it at once.
-            Err(Errno::ENOENT) => {
-                let none = placeholder_attr(FileType::RegularFile);
-                reply.entry(&self.ttl(), &none, Generation(0));
-            }
-            result => self.reply_entry(reply, result),
-        }
+        let result = self.lookup_or_negative(parent, name);
+        self.reply_entry(reply, result);
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
@@ -110,7 +128,7 @@ impl Filesystem for MappedFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let result = self.mknod_at(req, parent, name, mode, rdev);
+        let result = self.mknod_at(req.into(), parent, name, mode, rdev);
         self.reply_entry(reply, result);
     }
 
@@ -123,7 +141,7 @@ impl Filesystem for MappedFs {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        let result = self.mkdir_at(req, parent, name, mode);
+        let result = self.mkdir_at(req.into(), parent, name, mode);
         self.reply_entry(reply, result);
     }
 
@@ -143,7 +161,7 @@ impl Filesystem for MappedFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let result = self.symlink_at(req, parent, link_name, target);
+        let result = self.symlink_at(req.into(), parent, link_name, target);
         self.reply_entry(reply, result);
     }
 
@@ -175,10 +193,21 @@ impl Filesystem for MappedFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.node(ino) {
-            Ok(node) => self.open_file(&node, flags.0, reply),
+        let node = match self.node(ino) {
+            Ok(node) => node,
+            Err(e) => return reply.error(e),
+        };
+        self.open_file(&node, flags.0, |opened| match opened {
+            Ok(o) => match o.backing() {
+                Some(file) => {
+                    let lent = file.lend_to_open(&reply);
+                    reply.opened_passthrough(o.fh, o.flags, &lent);
+                    lent.into_raw();
+                }
+                None => reply.opened(o.fh, o.flags),
+            },
             Err(e) => reply.error(e),
-        }
+        });
     }
 
     fn read(
@@ -358,7 +387,24 @@ impl Filesystem for MappedFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        self.create_file(req, parent, name, mode, flags, reply);
+        let ttl = self.ttl();
+        self.create_file(
+            req.into(),
+            parent,
+            name,
+            (mode, flags),
+            |created| match created {
+                Ok((attr, o)) => match o.backing() {
+                    Some(file) => {
+                        let lent = file.lend_to_create(&reply);
+                        reply.created_passthrough(&ttl, &attr, Generation(0), o.fh, o.flags, &lent);
+                        lent.into_raw();
+                    }
+                    None => reply.created(&ttl, &attr, Generation(0), o.fh, o.flags),
+                },
+                Err(e) => reply.error(e),
+            },
+        );
     }
 
     fn fallocate(
@@ -408,6 +454,16 @@ impl Filesystem for MappedFs {
 }
 
 impl MappedFs {
+    /// LOOKUP's answer. A missing name is a negative entry (node id 0) the kernel may keep
+    /// for the timeout: compilers, interpreters and shells look up the same missing names
+    /// again and again. Creating the name through the mount replaces it at once.
+    pub(super) fn lookup_or_negative(&self, parent: INodeNo, name: &OsStr) -> Result<FileAttr> {
+        match self.lookup_entry(parent, name) {
+            Err(Errno::ENOENT) => Ok(placeholder_attr(FileType::RegularFile)),
+            result => result,
+        }
+    }
+
     fn reply_entry(&self, reply: ReplyEntry, result: Result<FileAttr>) {
         match result {
             Ok(attr) => reply.entry(&self.ttl(), &attr, Generation(0)),

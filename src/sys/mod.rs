@@ -6,8 +6,10 @@
 
 pub mod fd;
 pub mod fs;
+pub mod fuse;
 pub mod mount;
 pub mod socket;
+pub mod uring;
 pub mod watch;
 
 use std::ffi::{OsStr, OsString};
