@@ -66,6 +66,9 @@ fn json_report_says_both_strategies_work_and_leaves_nothing() {
     for key in ["device", "openable", "passthrough"] {
         assert!(report["fuse"][key].is_boolean(), "fuse.{key}: {report:#}");
     }
+    let switch = std::fs::read_to_string("/sys/module/fuse/parameters/enable_uring");
+    let io_uring = switch.is_ok_and(|v| v.trim() == "Y");
+    assert_eq!(report["fuse"]["io_uring"], io_uring, "{report:#}");
     assert!(report["security"]["apparmor"].is_boolean(), "{report:#}");
     assert!(report["security"]["selinux"].is_string(), "{report:#}");
     assert!(report["security"]["seccomp"].is_boolean(), "{report:#}");

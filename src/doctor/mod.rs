@@ -65,6 +65,9 @@ pub struct Fuse {
     pub device: bool,
     pub openable: bool,
     pub passthrough: bool,
+    /// The fuse module takes requests over io_uring (`enable_uring`, Linux 6.14+), which
+    /// `asme mount` then uses.
+    pub io_uring: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -169,6 +172,7 @@ fn examine(program: Program, owner: Owner, path: Option<&Path>) -> Result<Report
             .is_ok(),
         // FUSE_PASSTHROUGH came with Linux 6.9.
         passthrough: kernel_at_least(&kernel, (6, 9)),
+        io_uring: crate::sys::uring::enabled(),
     };
     let (engine, docker, info) = match probe_engine(program) {
         Ok((docker, engine, info)) => (engine, Some(docker), info),

@@ -47,10 +47,16 @@ pub fn table(report: &Report) -> String {
             "fuse",
             yes_no(fuse.openable),
             format!(
-                "/dev/fuse: {}; you can open it: {}; passthrough (Linux 6.9+): {}",
+                "/dev/fuse: {}; you can open it: {}; passthrough (Linux 6.9+): {}; io_uring: {}",
                 if fuse.device { "present" } else { "missing" },
                 yes_no(fuse.openable),
-                yes_no(fuse.passthrough)
+                yes_no(fuse.passthrough),
+                if fuse.io_uring {
+                    "on"
+                } else {
+                    "off (faster small files on Linux 6.14+: as root, \
+                     echo 1 > /sys/module/fuse/parameters/enable_uring)"
+                }
             ),
         ),
         (
