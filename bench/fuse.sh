@@ -3,7 +3,7 @@
 # sits on and against bindfs with the same map, in one run, printed as medians and ratios.
 #
 #   sudo bench/fuse.sh [-n REPS] [--small N] [--big-mib M] [--dir PARENT] [TARGET...]
-#        defaults:      3          20000        1024          /var/tmp     all five
+#        defaults:      3          20000        1024          /var/tmp     all six
 #   quick check: sudo bench/fuse.sh -n 1 --small 2000 --big-mib 64
 #
 # Targets (U:G is ASME_BENCH_USER, default 1234, and its group; every workload runs as root):
@@ -12,6 +12,8 @@
 #   asme-root  asme mount --map U/0:@G/@0 SRC MNT, mounted by root, over a folder owned by U:G
 #   asme-user  asme mount -o allow_other SRC MNT, mounted by U itself (the default map: U on
 #              SRC shows as root in MNT), over a folder owned by U:G
+#   asme-dev   asme-root with -o nouring: requests over /dev/fuse even where the fuse module
+#              offers io_uring (the other asme targets use io_uring there; see the header)
 #   asme-record  asme-root with -o record_owners (what the fuse strategy and the volume
 #              driver's FUSE mapping use: owners a container sets kept in user.asme.owner)
 # So root sees its files as 0:0 in every target, and on the host they belong to U:G in all
@@ -40,12 +42,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-all_targets=(native bindfs asme-root asme-user asme-record)
+all_targets=(native bindfs asme-root asme-dev asme-user asme-record)
 source bench/options.sh
 targets=()
 for t in "${rest[@]}"; do
   case $t in
-  native | bindfs | asme-root | asme-user | asme-record) [[ " ${targets[*]} " == *" $t "* ]] || targets+=("$t") ;;
+  native | bindfs | asme-root | asme-dev | asme-user | asme-record) [[ " ${targets[*]} " == *" $t "* ]] || targets+=("$t") ;;
   *) die "unknown argument '$t' (see --help; targets: ${all_targets[*]})" ;;
   esac
 done
@@ -77,7 +79,7 @@ if has bindfs; then
 fi
 as_user() { setpriv --reuid="$uid" --regid="$gid" --init-groups env HOME="$home" PATH="$PATH" "$@"; }
 asme=
-if has asme-root || has asme-user || has asme-record; then
+if has asme-root || has asme-dev || has asme-user || has asme-record; then
   asme=${ASME_BIN:-$PWD/target/x86_64-unknown-linux-gnu/release/asme}
   [ -x "$asme" ] || die "no asme binary at $asme: run 'cargo build --release' (or set ASME_BIN)"
   "$asme" mount --help >/dev/null 2>&1 || die "$asme has no working 'mount' command ('$asme mount --help' fails): rebuild it"
@@ -184,6 +186,7 @@ mount_target() {
   bindfs) bindfs --map="$uid/0:@$gid/@0" "$(src "$t")" "$mnt" ;;
   asme-root) "$asme" mount --map "$uid/0:@$gid/@0" "$(src "$t")" "$mnt" ;;
   asme-record) "$asme" mount --map "$uid/0:@$gid/@0" -o record_owners "$(src "$t")" "$mnt" ;;
+  asme-dev) "$asme" mount --map "$uid/0:@$gid/@0" -o nouring "$(src "$t")" "$mnt" ;;
   asme-user) as_user "$asme" mount -o allow_other "$(src "$t")" "$mnt" ;;
   esac >"$log" 2>&1 </dev/null || { cat "$log" >&2; die "mounting $t failed"; }
   wait_mount "$mnt" yes || { cat "$log" >&2; die "$t: the mount command returned, but $mnt is not mounted"; }
@@ -195,7 +198,7 @@ umount_target() {
   case $t in
   native) return 0 ;;
   bindfs) umount "$mnt" ;;
-  asme-root | asme-record) "$asme" umount "$mnt" ;;
+  asme-root | asme-record | asme-dev) "$asme" umount "$mnt" ;;
   asme-user) as_user "$asme" umount "$mnt" ;;
   esac >"$log" 2>&1 </dev/null || { cat "$log" >&2; die "unmounting $t failed"; }
   wait_mount "$mnt" no || die "$t: the unmount command returned, but $mnt is still mounted"
@@ -284,6 +287,12 @@ for t in "${targets[@]}"; do
   [ "$t" = native ] || printf 'mount       %-10s %s\n' "$t" "${mount_info[$t]}"
 done
 echo "user        $uname ($uid:$gid): the map's U:G, owner of the FUSE sources, asme-user's mounter"
+uring=$(cat /sys/module/fuse/parameters/enable_uring 2>/dev/null || echo absent)
+if [ "$uring" = Y ]; then
+  echo "transport   FUSE over io_uring offered (enable_uring Y): asme targets use it, asme-dev /dev/fuse"
+else
+  echo "transport   FUSE over io_uring not offered (enable_uring $uring): every asme target uses /dev/fuse"
+fi
 [ "${#fuse_changes[@]}" = 0 ] || echo "fuse setup  for this run only: $(printf '%s; ' "${fuse_changes[@]}" | sed 's/; $//')"
 echo "runs        median of $reps, interleaved; $small files of 1 KiB, $big_mib MiB sequential; workloads as root; timed inside the process"
 echo
