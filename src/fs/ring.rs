@@ -418,3 +418,72 @@ fn create(
     });
     sent
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `fuse_setattr_in` with `valid` and the fields it names.
+    fn setattr_in(valid: u32, atime: (i64, u32), mode: u32) -> Vec<u8> {
+        let mut b = vec![0u8; 88];
+        b[0..4].copy_from_slice(&valid.to_ne_bytes());
+        b[8..16].copy_from_slice(&42u64.to_ne_bytes()); // fh
+        b[32..40].copy_from_slice(&atime.0.to_ne_bytes());
+        b[56..60].copy_from_slice(&atime.1.to_ne_bytes());
+        b[68..72].copy_from_slice(&mode.to_ne_bytes());
+        b
+    }
+
+    #[test]
+    fn setattr_takes_only_the_fields_marked_valid() {
+        let op = setattr_in(FATTR_MODE | FATTR_FH, (5, 0), 0o600);
+        let c = attr_change(Args {
+            op: &op,
+            payload: &[],
+        });
+        assert_eq!(c.mode, Some(0o600));
+        assert_eq!(c.fh, Some(FileHandle(42)));
+        assert!(c.uid.is_none() && c.gid.is_none() && c.size.is_none());
+        assert!(c.atime.is_none() && c.mtime.is_none());
+    }
+
+    #[test]
+    fn setattr_times_decode_as_fuser_decodes_them() {
+        let op = setattr_in(FATTR_ATIME, (3, 250), 0);
+        let c = attr_change(Args {
+            op: &op,
+            payload: &[],
+        });
+        assert_eq!(
+            c.atime,
+            Some(TimeOrNow::SpecificTime(UNIX_EPOCH + Duration::new(3, 250)))
+        );
+        // Before the epoch fuser subtracts the nanoseconds too; attr::timespec undoes that.
+        let op = setattr_in(FATTR_ATIME, (-2, 250), 0);
+        let c = attr_change(Args {
+            op: &op,
+            payload: &[],
+        });
+        assert_eq!(
+            c.atime,
+            Some(TimeOrNow::SpecificTime(UNIX_EPOCH - Duration::new(2, 250)))
+        );
+        let op = setattr_in(FATTR_ATIME | FATTR_ATIME_NOW, (9, 9), 0);
+        let c = attr_change(Args {
+            op: &op,
+            payload: &[],
+        });
+        assert_eq!(c.atime, Some(TimeOrNow::Now));
+    }
+
+    #[test]
+    fn fixed_size_replies_have_the_kernels_sizes() {
+        let mut buf = [0u8; 256];
+        let statfs = Reply::Statfs(rustix::fs::statvfs("/").unwrap());
+        assert_eq!(statfs.write(&mut buf), Some(80)); // fuse_statfs_out
+        assert_eq!(Reply::Written(3).write(&mut buf), Some(8)); // fuse_write_out
+        assert_eq!(Reply::Offset(7).write(&mut buf), Some(8)); // fuse_lseek_out
+        assert_eq!(Reply::Opened(FileHandle(1)).write(&mut buf), Some(16)); // fuse_open_out
+        assert_eq!(Reply::Empty.write(&mut buf), Some(0));
+    }
+}
