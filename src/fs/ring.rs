@@ -188,6 +188,7 @@ impl Reply {
 
 /// Serves the request in entry `i` and queues its reply.
 fn serve(fs: &MappedFs, queue: &mut FuseQueue, i: usize) -> io::Result<()> {
+    // `struct fuse_in_header`: len, opcode, unique, nodeid, uid, gid, pid, ...
     let (opcode, ino, caller) = {
         let h = Args {
             op: queue.request(i).in_header,
