@@ -179,10 +179,14 @@ impl RootlessDocker {
     }
 
     /// asme's FUSE mounts in the daemon's mount namespace.
-    fn asme_mounts(&self) -> Vec<String> {
+    /// asme's mounts of `source` in the daemon's mount namespace (which copied whatever the
+    /// host had mounted when the daemon started).
+    fn asme_mounts(&self, source: &Path) -> Vec<String> {
         let info = fs::read_to_string(format!("/proc/{}/mountinfo", self.dockerd_pid())).unwrap();
+        let source = fs::canonicalize(source).unwrap();
+        let source = format!(" - fuse.asme {} ", source.display());
         info.lines()
-            .filter(|l| l.contains(" - fuse.asme "))
+            .filter(|l| l.contains(&source))
             .map(str::to_string)
             .collect()
     }
@@ -357,7 +361,7 @@ fn rootless_docker_stores_every_container_users_writes_as_the_user() {
     }
 
     // Nothing left behind: no mount in the daemon's namespace, no server, no mount point.
-    assert_eq!(daemon.asme_mounts(), Vec::<String>::new());
+    assert_eq!(daemon.asme_mounts(&dir.path), Vec::<String>::new());
     // A server ends when the kernel ends its connection, just after the run's container.
     let servers = || {
         processes_naming(&[&dir.path])

@@ -5,7 +5,9 @@
 //! the parent (no symlinks, no other filesystem unless asked), acts on it through that
 //! descriptor, lists it, and hands its subfolders on as new tasks. Every other entry is
 //! opened O_PATH|O_NOFOLLOW, stat'ed and chowned through the same descriptor, so what is
-//! changed is exactly what was examined, whatever happens to the names meanwhile. The one
+//! changed is exactly what was examined, whatever happens to the names meanwhile; where
+//! io_uring is available the opens and closes go in batches of 64, one syscall each
+//! (`sys::batch`), the stat and the chown stay one syscall each per entry. The one
 //! shortcut: after an entry that needed nothing, the next is first stat'ed by name, and if
 //! it needs nothing either that is all (one syscall instead of three); anything to change,
 //! skip or report is still opened and examined as above. Open descriptors stay bounded by
@@ -23,6 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use rustix::fs::{FileType, RawDir};
 
 use super::{Action, Policy, Skip, decide};
+use crate::sys::batch;
 use crate::sys::fs::{self as sysfs, Inode};
 
 /// Counters, shared by all workers.
@@ -172,9 +175,38 @@ impl<'a> Walk<'a> {
         // Entries of one folder tend to be alike: all root's after a container wrote them,
         // or nearly all fine when a fix runs again.
         let mut examine = Examine::ByDescriptor;
-        for name in leaves.slice(slice) {
-            self.entry(scope, dir, name, path, &mut counts, &mut examine);
-        }
+        let names: Vec<&CStr> = leaves.slice(slice).collect();
+        batch::with_thread_batch(|batch| {
+            let (mut fds, mut opened) = (Vec::new(), Vec::new());
+            let mut rest = &names[..];
+            while let Some((&name, after)) = rest.split_first() {
+                if examine == Examine::ByName || !batch.has_ring() {
+                    self.entry(scope, dir, name, path, &mut counts, &mut examine);
+                    rest = after;
+                    continue;
+                }
+                // Open a batch at once, then examine and act on each through its
+                // descriptor as `leaf` does, then close them at once.
+                let (chunk, after) = rest.split_at(rest.len().min(batch::SIZE));
+                batch.open_entries(dir.as_fd(), chunk, &mut fds);
+                for (&name, fd) in chunk.iter().zip(fds.drain(..)) {
+                    let fd = match fd {
+                        Ok(fd) => fd,
+                        Err(e) => {
+                            self.open_failed(path, name, e);
+                            continue;
+                        }
+                    };
+                    let kind = self.examined(fd.as_fd(), name, path, &mut counts, &mut examine);
+                    if kind == Some(FileType::Directory) {
+                        self.spawn_folder(scope, dir, name, path);
+                    }
+                    opened.push(fd);
+                }
+                batch.close_all(&mut opened);
+                rest = after;
+            }
+        });
         counts.add_to(self.tally);
     }
 
@@ -229,12 +261,23 @@ impl<'a> Walk<'a> {
         counts: &mut Counts,
         examine: &mut Examine,
     ) {
-        // A folder after all (a filesystem without d_type, or swapped in): walk it.
         if self.leaf(dir.as_fd(), name, path, counts, examine) == Some(FileType::Directory) {
-            let (parent, name) = (Arc::clone(dir), name.to_owned());
-            let child = path.join(OsStr::from_bytes(name.as_bytes()));
-            scope.spawn(move |scope| self.folder(scope, &parent, &name, &child));
+            self.spawn_folder(scope, dir, name, path);
         }
+    }
+
+    /// An entry listed as a non-folder that is a folder after all (a filesystem without
+    /// d_type, or swapped in): walk it.
+    fn spawn_folder<'s>(
+        &'s self,
+        scope: &rayon::Scope<'s>,
+        dir: &Arc<OwnedFd>,
+        name: &CStr,
+        path: &Path,
+    ) {
+        let (parent, name) = (Arc::clone(dir), name.to_owned());
+        let child = path.join(OsStr::from_bytes(name.as_bytes()));
+        scope.spawn(move |scope| self.folder(scope, &parent, &name, &child));
     }
 
     /// Opens `name` without following or opening it, and acts on that very inode. Returns
@@ -251,7 +294,6 @@ impl<'a> Walk<'a> {
         counts: &mut Counts,
         examine: &mut Examine,
     ) -> Option<FileType> {
-        let path = || dir_path.join(OsStr::from_bytes(name.to_bytes()));
         if *examine == Examine::ByName {
             match sysfs::stat_at(dir, name) {
                 Ok(inode) if inode.kind == FileType::Directory => {
@@ -270,15 +312,36 @@ impl<'a> Walk<'a> {
                 Ok(_) | Err(_) => *examine = Examine::ByDescriptor,
             }
         }
-        let fd = match sysfs::open_entry(dir, name) {
-            Ok(fd) => fd,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
+        match sysfs::open_entry(dir, name) {
+            Ok(fd) => self.examined(fd.as_fd(), name, dir_path, counts, examine),
             Err(e) => {
-                self.error(&path(), "opening", e);
-                return None;
+                self.open_failed(dir_path, name, e);
+                None
             }
-        };
-        let inode = match sysfs::stat(fd.as_fd()) {
+        }
+    }
+
+    /// An entry that could not be opened: gone since it was listed (nothing to do), or an
+    /// error to report.
+    fn open_failed(&self, dir_path: &Path, name: &CStr, e: io::Error) {
+        if e.kind() != io::ErrorKind::NotFound {
+            let path = dir_path.join(OsStr::from_bytes(name.to_bytes()));
+            self.error(&path, "opening", e);
+        }
+    }
+
+    /// The rest of [`Walk::leaf`], on the entry opened as `fd`: examines it through the
+    /// descriptor and acts on that very inode.
+    fn examined(
+        &self,
+        fd: BorrowedFd<'_>,
+        name: &CStr,
+        dir_path: &Path,
+        counts: &mut Counts,
+        examine: &mut Examine,
+    ) -> Option<FileType> {
+        let path = || dir_path.join(OsStr::from_bytes(name.to_bytes()));
+        let inode = match sysfs::stat(fd) {
             Ok(inode) => inode,
             Err(e) => {
                 self.error(&path(), "reading", e);
@@ -294,7 +357,7 @@ impl<'a> Walk<'a> {
             self.skip(&path(), Skip::OtherFilesystem);
             return None;
         }
-        let action = self.act(fd.as_fd(), inode, &path, counts);
+        let action = self.act(fd, inode, &path, counts);
         *examine = if action == Action::Fine {
             Examine::ByName
         } else {

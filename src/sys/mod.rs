@@ -4,6 +4,7 @@
 //! crate lives here with the reason it holds. Policy (what to block, when to reap) belongs to
 //! the callers, mostly `init`.
 
+pub mod batch;
 pub mod fd;
 pub mod fs;
 pub mod fuse;
