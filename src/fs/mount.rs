@@ -71,10 +71,7 @@ fn parse_options(given: &[String]) -> Result<Options> {
         passthrough: true,
         dev: false,
         suid: false,
-        // One per core, at least two (a request that waits on SOURCE's disk must not stall
-        // the others). Not more: the kernel wakes the waiting threads in turn, so each extra
-        // one makes a sequential caller's requests land on a colder thread (as a user on 2
-        // cores, 4 threads cost 35 % more server CPU per file read than 2, bench/README.md).
+        // One per core, two at least; more only add cold wake-ups (bench/README.md).
         threads: std::thread::available_parallelism()
             .map_or(2, |n| n.get())
             .max(2),
