@@ -46,11 +46,18 @@ pub struct Node {
 #[derive(Debug)]
 struct Place {
     fd: Option<Arc<OwnedFd>>,
-    /// Birth time, read when the descriptor is closed: an inode number alone may be reused by
-    /// the time the name is opened again.
-    born: Option<(i64, u32)>,
+    /// Birth time, read when the descriptor is first closed (and checked at each reopen): an
+    /// inode number alone may be reused by the time the name is opened again.
+    born: Birth,
     /// (parent id, name); None once the name is gone, which pins `fd`.
     name: Option<(u64, CString)>,
+}
+
+/// A node's birth time: not read yet, or read (`None` where the filesystem keeps none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Birth {
+    Unread,
+    Read(Option<(i64, u32)>),
 }
 
 #[derive(Debug, Default)]
@@ -97,7 +104,7 @@ impl Table {
             key: root_key,
             place: Mutex::new(Place {
                 fd: Some(Arc::new(root)),
-                born: None,
+                born: Birth::Unread,
                 name: None,
             }),
             io: Mutex::new(Io::default()),
@@ -140,6 +147,8 @@ impl Table {
                 }
                 if place.fd.is_none() {
                     place.fd = Some(Arc::new(fd));
+                    // Found by name again, maybe a new object with the same inode number.
+                    place.born = Birth::Unread;
                     true
                 } else {
                     false
@@ -150,7 +159,7 @@ impl Table {
                     key,
                     place: Mutex::new(Place {
                         fd: Some(Arc::new(fd)),
-                        born: None,
+                        born: Birth::Unread,
                         name,
                     }),
                     io: Mutex::new(Io::default()),
@@ -182,13 +191,24 @@ impl Table {
 
     /// The kernel dropped `n` lookups of `id`; at zero the node and its descriptor go.
     pub fn forget(&self, id: u64, n: u64) {
-        let mut inner = lock(&self.inner);
-        if let Some(entry) = inner.nodes.get_mut(&id) {
-            entry.lookups = entry.lookups.saturating_sub(n);
-            if entry.lookups == 0 && id != ROOT {
-                inner.nodes.remove(&id);
+        let gone = {
+            let mut inner = lock(&self.inner);
+            match inner.nodes.get_mut(&id) {
+                Some(entry) => {
+                    entry.lookups = entry.lookups.saturating_sub(n);
+                    if entry.lookups == 0 && id != ROOT {
+                        inner.nodes.remove(&id)
+                    } else {
+                        None
+                    }
+                }
+                None => None,
             }
-        }
+        };
+        // Closed outside the lock: the last descriptor of an unlinked file frees it on
+        // SOURCE (an ext4 mounted with `discard` waits for the device there), and every
+        // request needs the table meanwhile.
+        drop(gone);
     }
 
     /// The node's `O_PATH` descriptor, reopened from its folder and name if it was closed.
@@ -213,8 +233,9 @@ impl Table {
             OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::empty(),
         )?;
-        let st = rustix::fs::fstat(&fd)?;
-        if (st.st_dev, st.st_ino) != node.key || birth(&fd) != born {
+        // One statx for both checks (and the birth time stays known for the next close).
+        let (key, now_born) = identity(&fd)?;
+        if key != node.key || Birth::Read(now_born) != born {
             return Err(io::Error::from_raw_os_error(libc::ESTALE));
         }
         let fd = Arc::new(fd);
@@ -271,8 +292,11 @@ impl Table {
             let Some(node) = self.get(old) else { continue };
             let mut place = lock(&node.place);
             if place.name.is_some() {
-                if let Some(fd) = place.fd.take() {
-                    place.born = birth(&fd);
+                let fd = place.fd.take();
+                if let Some(fd) = &fd
+                    && place.born == Birth::Unread
+                {
+                    place.born = Birth::Read(birth(fd));
                 }
             } else if place.fd.is_some() {
                 held.push_back(old); // pinned: keep it counted
@@ -297,6 +321,21 @@ impl Table {
         let next = FOREIGN_BASE + inner.foreign.len() as u64;
         *inner.foreign.entry(key).or_insert(next)
     }
+}
+
+/// The object's key and birth time (where the filesystem keeps one), in one statx.
+fn identity(fd: &OwnedFd) -> io::Result<(Key, Option<(i64, u32)>)> {
+    use rustix::fs::StatxFlags;
+    let stx = rustix::fs::statx(
+        fd,
+        "",
+        rustix::fs::AtFlags::EMPTY_PATH,
+        StatxFlags::INO | StatxFlags::BTIME,
+    )?;
+    let dev = libc::makedev(stx.stx_dev_major, stx.stx_dev_minor);
+    let born = (stx.stx_mask & StatxFlags::BTIME.bits() != 0)
+        .then_some((stx.stx_btime.tv_sec, stx.stx_btime.tv_nsec));
+    Ok(((dev, stx.stx_ino), born))
 }
 
 /// The object's birth time, where the filesystem keeps one.

@@ -36,10 +36,10 @@ pub(super) fn parse_options(given: &[String]) -> Result<Options> {
         passthrough: true,
         dev: false,
         suid: false,
+        // One per core, two at least; more only add cold wake-ups (bench/README.md).
         threads: std::thread::available_parallelism()
             .map_or(2, |n| n.get())
-            .max(2)
-            * 2,
+            .max(2),
         record_owners: false,
         watch: true,
         uring: true,
