@@ -53,10 +53,15 @@ pub fn start(fs: Arc<MappedFs>, dev: Arc<OwnedFd>) -> io::Result<()> {
                 let mut ready = Vec::new();
                 let queue = FuseQueue::register(dev, cpu, DEPTH, PAYLOAD_LEN)
                     .and_then(|mut q| q.completed(&mut ready).map(|()| q));
-                let _ = registered.send(queue.as_ref().map(drop).map_err(clone_error));
-                drop(registered);
-                if let Ok(queue) = queue {
-                    serve_queue(&fs, queue, cpu, ready);
+                match queue {
+                    Ok(queue) => {
+                        let _ = registered.send(Ok(()));
+                        drop(registered);
+                        serve_queue(&fs, queue, cpu, ready);
+                    }
+                    Err(e) => {
+                        let _ = registered.send(Err(e));
+                    }
                 }
             })?;
     }
@@ -81,13 +86,6 @@ fn serve_queue(fs: &MappedFs, mut queue: FuseQueue, cpu: u16, mut ready: Vec<usi
             }
             fail(cpu, &e);
         }
-    }
-}
-
-fn clone_error(e: &io::Error) -> io::Error {
-    match e.raw_os_error() {
-        Some(n) => io::Error::from_raw_os_error(n),
-        None => io::Error::other(e.to_string()),
     }
 }
 

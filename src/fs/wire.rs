@@ -146,7 +146,12 @@ fn time(t: SystemTime) -> (i64, u32) {
 }
 
 fn mode(a: &FileAttr) -> u32 {
-    let kind = match a.kind {
+    type_bits(a.kind) | u32::from(a.perm)
+}
+
+/// The S_IFMT bits of a file type.
+fn type_bits(kind: FileType) -> u32 {
+    match kind {
         FileType::NamedPipe => libc::S_IFIFO,
         FileType::CharDevice => libc::S_IFCHR,
         FileType::BlockDevice => libc::S_IFBLK,
@@ -154,8 +159,7 @@ fn mode(a: &FileAttr) -> u32 {
         FileType::RegularFile => libc::S_IFREG,
         FileType::Symlink => libc::S_IFLNK,
         FileType::Socket => libc::S_IFSOCK,
-    };
-    kind | u32::from(a.perm)
+    }
 }
 
 /// A READDIR or READDIRPLUS reply of at most the size the kernel asked for.
@@ -179,11 +183,7 @@ impl DirBuf {
         if self.data.len() + len > self.max {
             return false;
         }
-        let dt = (mode(&FileAttr {
-            kind,
-            ..super::attr::placeholder_attr(kind)
-        }) & libc::S_IFMT)
-            >> 12;
+        let dt = type_bits(kind) >> 12; // DT_* is S_IFMT's bits shifted down
         let start = self.data.len();
         self.data.extend_from_slice(&ino.to_ne_bytes());
         self.data.extend_from_slice(&offset.to_ne_bytes());
