@@ -342,8 +342,14 @@ impl PodmanService {
         fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
         let conf = rootful_conf(&dir);
         let socket = dir.join("podman.sock");
+        // Podman's compatible API keeps what `docker import -` sends it in a temporary file it
+        // never removes (`api_load.tar*`, 70 MB for asme's agent image): in the test's folder,
+        // which goes with it.
+        let tmp = dir.join("tmp");
+        fs::create_dir(&tmp).unwrap();
         let child = Command::new("podman")
             .env("CONTAINERS_CONF", &conf)
+            .env("TMPDIR", &tmp)
             .args(["system", "service", "--time=0"])
             .arg(format!("unix://{}", socket.display()))
             .stdout(Stdio::null())
