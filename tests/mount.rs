@@ -590,9 +590,11 @@ fn sigterm_unmounts_and_a_killed_server_is_recovered() {
     let mut server = serve(u, &f);
     server.kill().unwrap();
     server.wait().unwrap();
-    assert_eq!(
-        fs::metadata(&mnt).unwrap_err().raw_os_error(),
-        Some(libc::ENOTCONN)
+    // ENOTCONN; ECONNABORTED while the kernel still takes the server's io_uring queues down.
+    let dead = fs::metadata(&mnt).unwrap_err().raw_os_error();
+    assert!(
+        matches!(dead, Some(libc::ENOTCONN | libc::ECONNABORTED)),
+        "a killed server's mount answered {dead:?}"
     );
     let (src, m) = (f.src(), mnt.to_str().unwrap().to_owned());
     let run = Run::of(asme_as(

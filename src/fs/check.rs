@@ -19,7 +19,9 @@ pub(super) fn check_mountpoint(mountpoint: &Path) -> Result<()> {
             bail!("{}: not a folder", mountpoint.display())
         }
         Ok(_) => {}
-        Err(Errno::NOTCONN) => bail!(
+        // ECONNABORTED: the same, while the kernel still takes the dead server's io_uring
+        // queues down.
+        Err(Errno::NOTCONN | Errno::CONNABORTED) => bail!(
             "{}: a stale FUSE mount whose server is gone (killed?); recover it with `asme umount {}`",
             mountpoint.display(),
             mountpoint.display()
