@@ -294,17 +294,19 @@ fn rootless_docker_stores_every_container_users_writes_as_the_user() {
         plain.explain()
     );
 
+    // asme's run of `image` with `command` over the folder, with `options` (and `-v`, which
+    // names the strategy on stderr).
+    let asme_run = |options: &[&str], image: &str, command: &[&str]| {
+        let run = [&["-v", "run", "--rm", "-v", &mount, image][..], command].concat();
+        daemon.asme(&dir.path, &[options, &run[..]].concat())
+    };
+
     // Through asme: the fuse strategy, in the daemon's namespaces. Inside, the container's
     // user owns what it writes; on the host, the user does.
-    let run = daemon.asme(
-        &dir.path,
+    let run = asme_run(
+        &[],
+        &image("user1000"),
         &[
-            "-v",
-            "run",
-            "--rm",
-            "-v",
-            &mount,
-            &image("user1000"),
             "sh",
             "-c",
             "mkdir /w/d && touch /w/f /w/d/g && stat -c %u:%g /w/f /w/d",
@@ -319,19 +321,7 @@ fn rootless_docker_stores_every_container_users_writes_as_the_user() {
     }
 
     // A root container: root is the user on disk already, so it runs as plain docker would.
-    let run = daemon.asme(
-        &dir.path,
-        &[
-            "-v",
-            "run",
-            "--rm",
-            "-v",
-            &mount,
-            &image("busybox"),
-            "touch",
-            "/w/root",
-        ],
-    );
+    let run = asme_run(&[], &image("busybox"), &["touch", "/w/root"]);
     assert!(run.stderr.contains("strategy keep"), "{}", run.explain());
     run.ok();
     let meta = fs::metadata(dir.join("root")).unwrap();
@@ -339,16 +329,10 @@ fn rootless_docker_stores_every_container_users_writes_as_the_user() {
 
     // Several uids (what a database's entrypoint does): the chown is shown inside, recorded,
     // and the files stay the user's on the host.
-    let run = daemon.asme(
-        &dir.path,
+    let run = asme_run(
+        &["--strategy", "fuse"],
+        &image("busybox"),
         &[
-            "--strategy",
-            "fuse",
-            "run",
-            "--rm",
-            "-v",
-            &mount,
-            &image("busybox"),
             "sh",
             "-c",
             "mkdir /w/db && chown 999:999 /w/db /w/root && stat -c %u:%g /w/db /w/root",

@@ -13,15 +13,19 @@ use rustix::io::Errno;
 
 use super::mount::mount_at;
 
+/// Whether a FUSE mount's answer says its server is gone: ENOTCONN, or ECONNABORTED while
+/// the kernel still takes the dead server's io_uring queues down.
+pub fn server_gone(e: Errno) -> bool {
+    matches!(e, Errno::NOTCONN | Errno::CONNABORTED)
+}
+
 pub(super) fn check_mountpoint(mountpoint: &Path) -> Result<()> {
     match rustix::fs::stat(mountpoint) {
         Ok(st) if st.st_mode & libc::S_IFMT != libc::S_IFDIR => {
             bail!("{}: not a folder", mountpoint.display())
         }
         Ok(_) => {}
-        // ECONNABORTED: the same, while the kernel still takes the dead server's io_uring
-        // queues down.
-        Err(Errno::NOTCONN | Errno::CONNABORTED) => bail!(
+        Err(e) if server_gone(e) => bail!(
             "{}: a stale FUSE mount whose server is gone (killed?); recover it with `asme umount {}`",
             mountpoint.display(),
             mountpoint.display()

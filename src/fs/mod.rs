@@ -15,7 +15,7 @@
 //! and the few helpers every part uses.
 
 mod attr;
-mod check;
+pub mod check;
 mod handle;
 mod listing;
 pub mod map;

@@ -213,7 +213,7 @@ fn serve(fs: &MappedFs, queue: &mut FuseQueue, i: usize) -> io::Result<()> {
     };
     match reply {
         Ok(reply) => queue.reply(i, 0, |buf| reply.write(buf)),
-        Err(e) => queue.reply(i, -e.code(), |_| Some(0)),
+        Err(e) => reply_error(queue, i, e),
     }
 }
 
@@ -356,23 +356,11 @@ fn open(fs: &MappedFs, queue: &mut FuseQueue, i: usize, ino: INodeNo) -> io::Res
     .u32(0) as i32;
     let node = match fs.node(ino) {
         Ok(node) => node,
-        Err(e) => return queue.reply(i, -e.code(), |_| Some(0)),
+        Err(e) => return reply_error(queue, i, e),
     };
     let mut sent = Ok(());
     fs.open_file(&node, flags, |opened| {
-        sent = match opened {
-            Ok(o) => {
-                let backing = o.backing().map(|b| b.id());
-                queue
-                    .reply(i, 0, |buf| {
-                        let mut out = Out::new(buf);
-                        wire::open_out(&mut out, o.fh.0, o.flags.bits(), backing);
-                        out.finish()
-                    })
-                    .and_then(|()| queue.flush())
-            }
-            Err(e) => queue.reply(i, -e.code(), |_| Some(0)),
-        };
+        sent = send_opened(queue, i, opened.map(|o| (None, o)), fs.ttl());
     });
     sent
 }
@@ -395,27 +383,41 @@ fn create(
         (a.u32(0) as i32, a.u32(4), name)
     };
     let Some(name) = name else {
-        return queue.reply(i, -libc::EINVAL, |_| Some(0));
+        return reply_error(queue, i, Errno::EINVAL);
     };
-    let ttl = fs.ttl();
     let mut sent = Ok(());
     fs.create_file(caller, parent, &name, (mode, flags), |created| {
-        sent = match created {
-            Ok((attr, o)) => {
-                let backing = o.backing().map(|b| b.id());
-                queue
-                    .reply(i, 0, |buf| {
-                        let mut out = Out::new(buf);
-                        wire::entry(&mut out, ttl, &attr);
-                        wire::open_out(&mut out, o.fh.0, o.flags.bits(), backing);
-                        out.finish()
-                    })
-                    .and_then(|()| queue.flush())
-            }
-            Err(e) => queue.reply(i, -e.code(), |_| Some(0)),
-        };
+        sent = send_opened(queue, i, created.map(|(attr, o)| (Some(attr), o)), fs.ttl());
     });
     sent
+}
+
+/// The reply of OPEN, or of CREATE (with the new entry's attributes), submitted at once:
+/// the inode's passthrough state is held until it is (see `handle::Opened`).
+fn send_opened(
+    queue: &mut FuseQueue,
+    i: usize,
+    opened: Result<(Option<FileAttr>, handle::Opened<'_>)>,
+    ttl: Duration,
+) -> io::Result<()> {
+    let (entry, o) = match opened {
+        Ok(opened) => opened,
+        Err(e) => return reply_error(queue, i, e),
+    };
+    let backing = o.backing().map(|b| b.id());
+    queue.reply(i, 0, |buf| {
+        let mut out = Out::new(buf);
+        if let Some(attr) = &entry {
+            wire::entry(&mut out, ttl, attr);
+        }
+        wire::open_out(&mut out, o.fh.0, o.flags.bits(), backing);
+        out.finish()
+    })?;
+    queue.flush()
+}
+
+fn reply_error(queue: &mut FuseQueue, i: usize, e: Errno) -> io::Result<()> {
+    queue.reply(i, -e.code(), |_| Some(0))
 }
 
 #[cfg(test)]

@@ -179,7 +179,7 @@ impl DirBuf {
     /// `struct fuse_dirent` and the name, padded to 8 bytes; false when it does not fit.
     fn dirent(&mut self, ino: u64, offset: u64, kind: FileType, name: &OsStr) -> bool {
         let name = name.as_bytes();
-        let len = (24 + name.len()).next_multiple_of(8);
+        let len = dirent_len(name);
         if self.data.len() + len > self.max {
             return false;
         }
@@ -202,6 +202,11 @@ impl DirSink for DirBuf {
     }
 }
 
+/// `struct fuse_dirent` (24 bytes) with `name`, padded to 8 bytes.
+fn dirent_len(name: &[u8]) -> usize {
+    (24 + name.len()).next_multiple_of(8)
+}
+
 /// `struct fuse_direntplus` is `fuse_entry_out` then the dirent.
 const ENTRY_OUT_LEN: usize = 128;
 
@@ -209,7 +214,7 @@ impl DirPlusSink for DirBuf {
     fn add(&mut self, offset: u64, name: &OsStr, ttl: &Duration, a: &FileAttr) -> bool {
         let start = self.data.len();
         // Room for both, checked before anything is written.
-        let fits = start + ENTRY_OUT_LEN + (24 + name.len()).next_multiple_of(8) <= self.max;
+        let fits = start + ENTRY_OUT_LEN + dirent_len(name.as_bytes()) <= self.max;
         if !fits {
             return true;
         }

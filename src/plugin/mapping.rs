@@ -247,7 +247,7 @@ fn already_attached(point: &Path, volume: &Volume) -> Result<Option<Served>> {
         return Ok(None);
     }
     match rustix::fs::stat(point) {
-        Err(Errno::NOTCONN) | Err(Errno::CONNABORTED) => {
+        Err(e) if fs::check::server_gone(e) => {
             mount::detach(point).with_context(|| format!("detaching {}", point.display()))?;
             Ok(None)
         }
