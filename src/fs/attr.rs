@@ -46,7 +46,11 @@ impl MappedFs {
     /// `st` as FUSE shows it; `fd` is the object's `O_PATH` descriptor and `at` where it is
     /// (for its recorded owner).
     pub(super) fn attr(&self, st: &Stat, fd: BorrowedFd<'_>, at: At<'_>) -> FileAttr {
-        let (uid, gid) = self.shown_owner(st, fd, at);
+        self.attr_owned(st, self.shown_owner(st, fd, at))
+    }
+
+    /// The attributes of `st`, shown as owned by `(uid, gid)`.
+    pub(super) fn attr_owned(&self, st: &Stat, (uid, gid): (u32, u32)) -> FileAttr {
         FileAttr {
             ino: INodeNo(self.nodes.id_for(key(st))),
             size: st.st_size as u64,

@@ -175,6 +175,35 @@ impl Table {
         id
     }
 
+    /// Counts one kernel lookup of the known object `key`, just found by name as `name` in
+    /// `parent` with birth time `born`, without a descriptor of it: only where it is surely
+    /// that node's object (the node holds a descriptor, so its inode number cannot have been
+    /// given to another since, or its birth time is the one recorded). None where it is not
+    /// known or may be another object: open it and `remember` it.
+    pub fn recount(
+        &self,
+        key: Key,
+        born: Option<(i64, u32)>,
+        parent: u64,
+        name: &OsStr,
+    ) -> Option<u64> {
+        let mut inner = lock(&self.inner);
+        let id = self.id_of(&mut inner, key);
+        let entry = inner.nodes.get_mut(&id)?;
+        let mut place = lock(&entry.node.place);
+        if place.fd.is_none() && place.born != Birth::Read(born) {
+            return None;
+        }
+        // Mostly the name it had: no allocation then.
+        let known = place.name.as_ref().map(|(p, n)| (*p, n.as_bytes()));
+        if known != Some((parent, name.as_bytes())) {
+            place.name = Some((parent, CString::new(name.as_bytes()).ok()?));
+        }
+        drop(place);
+        entry.lookups += 1;
+        Some(id)
+    }
+
     /// Every known node with the name it was last seen under: (id, parent id, name).
     pub fn names(&self) -> Vec<(u64, u64, CString)> {
         let inner = lock(&self.inner);
@@ -385,6 +414,47 @@ mod tests {
         assert!(t.get(id).is_none());
         t.forget(ROOT, 10);
         assert!(t.get(ROOT).is_some());
+    }
+
+    #[test]
+    fn a_known_object_found_by_name_is_counted_without_a_descriptor() {
+        let dir = std::env::temp_dir().join(format!("asme-node-recount-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (root, root_key) = open(dir.to_str().unwrap());
+        let t = Table::new(root, root_key, 16);
+        let mut nodes = Vec::new();
+        for i in 0..20 {
+            let name = format!("f{i}");
+            std::fs::write(dir.join(&name), "").unwrap();
+            let (fd, key) = open(dir.join(&name).to_str().unwrap());
+            nodes.push((t.remember(fd, key, ROOT, OsStr::new(&name)), key));
+        }
+        let born = |name: &str| {
+            let (fd, _) = open(dir.join(name).to_str().unwrap());
+            birth(&fd)
+        };
+        // Holding its descriptor: counted whatever the birth time, and a new name is learned.
+        let (id, key) = nodes[19];
+        std::fs::hard_link(dir.join("f19"), dir.join("link")).unwrap();
+        assert_eq!(t.recount(key, None, ROOT, OsStr::new("link")), Some(id));
+        assert_eq!(t.path(id).unwrap(), std::path::Path::new("link"));
+        t.forget(id, 1);
+        assert!(t.get(id).is_some(), "two lookups counted, one paid back");
+        t.forget(id, 1);
+        assert!(t.get(id).is_none());
+        // Closed past the budget: counted only with the birth time recorded at the close.
+        let (id, key) = nodes[0];
+        assert!(lock(&t.get(id).unwrap().place).fd.is_none());
+        assert_eq!(t.recount(key, Some((1, 2)), ROOT, OsStr::new("f0")), None);
+        assert_eq!(t.recount(key, born("f0"), ROOT, OsStr::new("f0")), Some(id));
+        // Not known at all.
+        std::fs::write(dir.join("new"), "").unwrap();
+        let (_, new_key) = open(dir.join("new").to_str().unwrap());
+        assert_eq!(
+            t.recount(new_key, born("new"), ROOT, OsStr::new("new")),
+            None
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -114,6 +114,40 @@ pub fn stat_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<Inode> {
     )?))
 }
 
+/// `name` in `dir` itself, a symlink included: what fstat would say of it, and its birth time
+/// where the filesystem keeps one, in one statx (an `O_PATH` open, fstat and close would be
+/// three calls, and a statx for the birth time a fourth).
+pub fn stat_with_birth(
+    dir: BorrowedFd<'_>,
+    name: &std::ffi::OsStr,
+) -> io::Result<(Stat, Option<(i64, u32)>)> {
+    use rustix::fs::StatxFlags;
+    let x = rustix::fs::statx(
+        dir,
+        name,
+        AtFlags::SYMLINK_NOFOLLOW,
+        StatxFlags::BASIC_STATS | StatxFlags::BTIME,
+    )?;
+    // SAFETY: `Stat` is `struct stat`, plain integers, for which all zeroes is a value.
+    let mut st: Stat = unsafe { std::mem::zeroed() };
+    st.st_dev = libc::makedev(x.stx_dev_major, x.stx_dev_minor);
+    st.st_ino = x.stx_ino;
+    st.st_nlink = x.stx_nlink.into();
+    st.st_mode = x.stx_mode.into();
+    st.st_uid = x.stx_uid;
+    st.st_gid = x.stx_gid;
+    st.st_rdev = libc::makedev(x.stx_rdev_major, x.stx_rdev_minor);
+    st.st_size = x.stx_size as i64;
+    st.st_blksize = x.stx_blksize.into();
+    st.st_blocks = x.stx_blocks as i64;
+    (st.st_atime, st.st_atime_nsec) = (x.stx_atime.tv_sec as _, x.stx_atime.tv_nsec.into());
+    (st.st_mtime, st.st_mtime_nsec) = (x.stx_mtime.tv_sec as _, x.stx_mtime.tv_nsec.into());
+    (st.st_ctime, st.st_ctime_nsec) = (x.stx_ctime.tv_sec as _, x.stx_ctime.tv_nsec.into());
+    let born = (x.stx_mask & StatxFlags::BTIME.bits() != 0)
+        .then_some((x.stx_btime.tv_sec, x.stx_btime.tv_nsec));
+    Ok((st, born))
+}
+
 fn inode(st: &Stat) -> Inode {
     Inode {
         dev: st.st_dev,
@@ -153,5 +187,36 @@ pub fn raise_open_files_limit() {
                 maximum: Some(max),
             },
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    /// What `stat_with_birth` builds from statx is what fstatat says, field by field, for a
+    /// file, a folder and a symlink (itself, not what it names).
+    #[test]
+    fn stat_with_birth_is_fstatat() {
+        let dir = std::env::temp_dir().join(format!("asme-sys-stat-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("f"), b"12345").unwrap();
+        std::fs::create_dir(dir.join("d")).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", dir.join("l")).unwrap();
+        let top = open_top(&dir).unwrap();
+        for name in ["f", "d", "l"] {
+            let (got, born) = stat_with_birth(top.as_fd(), name.as_ref()).unwrap();
+            let want = rustix::fs::statat(&top, name, AtFlags::SYMLINK_NOFOLLOW).unwrap();
+            assert_eq!(format!("{got:?}"), format!("{want:?}"), "{name}");
+            assert!(
+                born.is_some_and(|(s, _)| s > 0),
+                "{name}: ext4 and tmpfs keep a birth time"
+            );
+        }
+        let gone = stat_with_birth(top.as_fd(), "nothing".as_ref()).unwrap_err();
+        assert_eq!(gone.raw_os_error(), Some(libc::ENOENT));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
