@@ -615,6 +615,33 @@ fn sigterm_unmounts_and_a_killed_server_is_recovered() {
     ok(asme_as(u, &f.dir.path, &["umount", &m]));
 }
 
+/// A mount taken down lazily (`asme umount --lazy`) lives on, detached, until its last
+/// file is closed, and only then does its server end: a mount made at the same place
+/// meanwhile must outlive that (fuser used to unmount its mount point by path as it ended).
+#[test]
+fn a_new_mount_outlives_the_server_of_the_one_it_replaced() {
+    let u = user1234();
+    let f = Fixture::new(u, "fuse-remount");
+    let (src, mnt) = (f.src(), f.mnt());
+    let m = mnt.to_str().unwrap();
+    f.mount_as_root(&["--map", "1234/0:@1234/@0"]);
+    let held = fs::File::create(mnt.join("held")).unwrap();
+    let [old] = servers_of(&src)[..] else {
+        panic!("not one server for {}", src.display())
+    };
+    ok(Command::new(ASME).args(["umount", "--lazy", m]));
+    f.mount_as_root(&["--map", "1234/0:@1234/@0"]);
+    drop(held);
+    assert!(exits(old), "the detached mount's server did not exit");
+    assert!(
+        is_mounted(&mnt),
+        "the old server took the new mount down as it ended"
+    );
+    fs::write(mnt.join("after"), "1").unwrap();
+    assert_eq!(owner_of(&src.join("after")), (1234, 1234));
+    ok(Command::new(ASME).args(["umount", m]));
+}
+
 #[test]
 fn a_container_exercises_every_operation_through_the_mount() {
     let u = user1234();

@@ -87,6 +87,9 @@ pub fn main(req: &MountRequest) -> Result<()> {
     let mountpoint = std::path::absolute(&req.mountpoint)
         .with_context(|| format!("{}", req.mountpoint.display()))?;
     check_mountpoint(&mountpoint)?;
+    // As mountinfo names it (symlinks resolved); read before mounting, while no server is
+    // needed to answer.
+    let listed_as = std::fs::canonicalize(&mountpoint).unwrap_or_else(|_| mountpoint.clone());
     check_dev_fuse()?;
     if !as_root {
         check_user_mount(options.acl)?;
@@ -116,7 +119,7 @@ pub fn main(req: &MountRequest) -> Result<()> {
         recorded,
     };
     let config = session_config(req, &options, as_root);
-    let (mut session, fs) = match (source, req.serve_as) {
+    let (session, fs) = match (source, req.serve_as) {
         (Some(source), _) => {
             let fs = Arc::new(MappedFs::new(source, settings).context("source")?);
             let session = fuser::Session::new(FuseServer(fs.clone()), &mountpoint, &config)
@@ -128,26 +131,48 @@ pub fn main(req: &MountRequest) -> Result<()> {
         }
         (None, None) => unreachable!("SOURCE is opened first unless serving as a user"),
     };
-    serve_beside(&fs, &session)?;
+    // The mount at the mount point now is this one (see the end).
+    let mounted_here = mount_at(&listed_as).map(|m| m.dev);
+    let dev = serve_beside(&fs, &session)?;
     if let Some((watch, nodes)) = fs.watch_parts() {
         let notifier = session.notifier();
         std::thread::spawn(move || super::watch::serve(watch, nodes, notifier));
     }
-    let mut unmounter = session.unmount_callable();
     let serving_as_user = req.serve_as.is_some();
+    let at = listed_as.clone();
     std::thread::spawn(move || {
         if signals.wait().is_ok() {
             if serving_as_user {
                 // Not root any more: the mount is root's to remove (the volume driver does).
                 std::process::exit(0);
             }
-            let _ = unmounter.unmount();
+            let _ = umount(&at, false, None);
         }
     });
     if req.notify_ready {
         report_ready();
     }
-    session.run().context("serving the mount")?;
+    // fuser unmounts its mount point by path when a session ends, and cannot tell whether
+    // its mount is still there: once `asme umount` has taken it down, it would take down
+    // whatever was mounted there since (a quick remount; this server may take seconds to
+    // close its files). So the mount is the background session's, whose thread leaves it
+    // alone, and is unmounted here only while the connection stands, which proves the
+    // mount there is this one (its device number is no one else's meanwhile): a session
+    // that failed.
+    let mut session = session.spawn().context("serving the mount")?;
+    let serving = std::mem::replace(&mut session.guard, std::thread::spawn(|| Ok(())));
+    let served = serving
+        .join()
+        .unwrap_or_else(|_| Err(std::io::Error::other("the server's thread panicked")));
+    if crate::sys::fuse::connected(std::os::fd::AsFd::as_fd(&*dev))
+        && mounted_here.is_some()
+        && mount_at(&listed_as).map(|m| m.dev) == mounted_here
+    {
+        drop(session);
+    } else {
+        std::mem::forget(session);
+    }
+    served.context("serving the mount")?;
     Ok(())
 }
 
@@ -192,18 +217,19 @@ fn mount_then_serve_as(
 
 /// Once INIT is done: the session's device for passthrough's backing files, and the io_uring
 /// queues if the kernel agreed to them (else, or if they fail, fuser's loop serves all).
-fn serve_beside(fs: &Arc<MappedFs>, session: &fuser::Session<FuseServer>) -> Result<()> {
+/// Returns the session's device.
+fn serve_beside(fs: &Arc<MappedFs>, session: &fuser::Session<FuseServer>) -> Result<Arc<OwnedFd>> {
     let dev = std::os::fd::AsFd::as_fd(session)
         .try_clone_to_owned()
         .context("/dev/fuse")?;
     let dev = Arc::new(dev);
     fs.set_device(dev.clone());
     if fs.uring_agreed()
-        && let Err(e) = super::ring::start(fs.clone(), dev)
+        && let Err(e) = super::ring::start(fs.clone(), dev.clone())
     {
         eprintln!("asme mount: io_uring: {e}; serving over /dev/fuse");
     }
-    Ok(())
+    Ok(dev)
 }
 
 /// With `-o record_owners`, whom SOURCE's files are stored as: the server's user when it is
@@ -429,6 +455,8 @@ fn mount_error(err: std::io::Error, mountpoint: &Path) -> anyhow::Error {
 /// One line of /proc/self/mountinfo.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountEntry {
+    /// The filesystem's device number, `major:minor`.
+    pub dev: String,
     pub target: PathBuf,
     pub fstype: String,
     pub source: String,
@@ -451,12 +479,15 @@ fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
     text.lines()
         .filter_map(|line| {
             let (left, right) = line.split_once(" - ")?;
-            let target = left.split(' ').nth(4)?;
+            let mut left = left.split(' ');
+            let dev = left.nth(2)?;
+            let target = left.nth(1)?;
             let mut right = right.split(' ');
             let fstype = right.next()?;
             let source = right.next()?;
             let super_options = right.next().unwrap_or_default();
             Some(MountEntry {
+                dev: dev.to_owned(),
                 target: PathBuf::from(unescape(target)),
                 fstype: unescape(fstype),
                 source: unescape(source),

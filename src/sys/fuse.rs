@@ -57,3 +57,21 @@ impl Drop for BackingFile {
         let _ = unsafe { backing_close_ioctl(self.dev.as_raw_fd(), &self.id) };
     }
 }
+
+/// Whether the FUSE connection of `dev` (a `/dev/fuse` descriptor) still stands: the kernel
+/// reports POLLERR once it is unmounted or aborted.
+pub fn connected(dev: BorrowedFd<'_>) -> bool {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    let mut fds = [PollFd::new(dev, PollFlags::empty())];
+    loop {
+        match poll(&mut fds, PollTimeout::ZERO) {
+            Ok(_) => {
+                return !fds[0]
+                    .revents()
+                    .is_some_and(|r| r.contains(PollFlags::POLLERR));
+            }
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return false,
+        }
+    }
+}
