@@ -247,7 +247,9 @@ pub struct MountArgs {
 
     /// Mount options, comma-separated: ro, allow_other (default), allow_root, private,
     /// timeout=SECONDS (cache names and attributes that long, unwatched), nowatch (cache 1 s,
-    /// unwatched), nopassthrough, dev, suid, threads=N. By default SOURCE is watched and
+    /// unwatched), nopassthrough, nouring, poll=MICROSECONDS (how long an io_uring queue
+    /// looks for its next request before it sleeps; 200, 0 for none), dev, suid,
+    /// threads=N. By default SOURCE is watched and
     /// the cache kept 60 s, with changes made to SOURCE directly seen at once.
     #[arg(short = 'o', value_name = "OPTIONS")]
     pub options: Vec<String>,

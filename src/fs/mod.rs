@@ -55,6 +55,8 @@ pub struct Settings {
     pub passthrough: bool,
     /// Take requests over io_uring when the kernel offers it (`ring`).
     pub uring: bool,
+    /// How long each io_uring queue looks for its next request before it sleeps (`ring`).
+    pub poll: Duration,
     /// Keep SOURCE's files the owner's and record the owners the mount shows (`owners`).
     pub recorded: Option<owners::Recorded>,
     /// Watch SOURCE and trust names and attributes for `watch::WATCHED_TTL` while the watch

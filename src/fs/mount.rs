@@ -116,6 +116,7 @@ pub fn main(req: &MountRequest) -> Result<()> {
         watch: options.watch,
         passthrough: options.passthrough,
         uring: options.uring,
+        poll: options.poll,
         recorded,
     };
     let config = session_config(req, &options, as_root);

@@ -79,7 +79,7 @@ fn serve_queue(fs: &MappedFs, mut queue: FuseQueue, cpu: u16, mut ready: Vec<usi
                 fail(cpu, &e);
             }
         }
-        if let Err(e) = queue.wait(&mut ready) {
+        if let Err(e) = queue.poll(&mut ready, fs.settings.poll) {
             // ENOTCONN and ENODEV: the mount is gone, the normal end.
             if matches!(e.raw_os_error(), Some(libc::ENOTCONN | libc::ENODEV)) {
                 return;

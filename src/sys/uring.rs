@@ -136,6 +136,23 @@ impl FuseQueue {
         self.completed(ready)
     }
 
+    /// As `wait`, but looks for a request for up to `spin` first, yielding the CPU between
+    /// looks (the yield also runs the task work that posts a request, COOP_TASKRUN).
+    pub fn poll(&mut self, ready: &mut Vec<usize>, spin: std::time::Duration) -> io::Result<()> {
+        if !spin.is_zero() {
+            self.ring.submit()?;
+            let start = std::time::Instant::now();
+            while start.elapsed() < spin {
+                rustix::thread::sched_yield();
+                self.completed(ready)?;
+                if !ready.is_empty() {
+                    return Ok(());
+                }
+            }
+        }
+        self.wait(ready)
+    }
+
     /// The entries whose command completed, without waiting: a refused registration shows
     /// here at once (a registered entry completes only when a request comes).
     pub fn completed(&mut self, ready: &mut Vec<usize>) -> io::Result<()> {
